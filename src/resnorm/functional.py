@@ -102,7 +102,8 @@ def _validate(x, residual, weight, bias, kind, eps, residual_dtype, out_dtype, d
     if residual is not None:
         _check_tensor("residual", residual)
         if residual.shape != x.shape:
-            raise ValueError(f"residual must have the shape of x {tuple(x.shape)}; got {tuple(residual.shape)}")
+            raise ValueError(
+                f"residual must have the shape of x {tuple(x.shape)}; got {tuple(residual.shape)}")
         if residual.device != x.device:
             raise ValueError(f"residual must be on x's device {x.device}; got {residual.device}")
     for name, p in (("weight", weight), ("bias", bias)):
@@ -163,8 +164,10 @@ def add_norm_reference(
     if weight is not None:
         w = weight.float() + 1.0 if zero_centered_weight else weight.float()
     b = bias.float() if bias is not None else None
-    if s32.numel() == 0:
-        y = s32.new_empty(s32.shape)
+    if s32.numel() == 0:  # nothing to normalize; keep the autograd graph connected to every input
+        y = s32 * 0.0
+        y = y * w if w is not None else y
+        y = y + b if b is not None else y
     elif kind == "layer":
         y = F.layer_norm(s32, (n,), w, b, eps)
     else:
