@@ -1,0 +1,429 @@
+"""Normalization modules: drop-in LayerNorm / RMSNorm on ``add_norm``, AddNorm, DyT, ScaleNorm,
+layout-aware BatchNorm / GroupNorm, and ``make_norm`` to build any of them by name.
+
+Layouts. A "per-position" norm (layernorm, rmsnorm, dyt, scalenorm) works on the last dimension;
+wrap it in ``ChannelsFirst`` (``make_norm(..., channels_first=True)``) to normalize the channel
+dimension of a conv feature map ``(N, C, H, W)``. BatchNorm and GroupNorm here take the same flag:
+``channels_first=False`` means the channel dimension is the last one (``(N, C)``, ``(N, L, C)``,
+``(N, H, W, C)``), ``channels_first=True`` means it is dimension 1 (``(N, C)``, ``(N, C, L)``,
+``(N, C, H, W)``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from resnorm.functional import add_norm
+
+__all__ = [
+    "LayerNorm",
+    "RMSNorm",
+    "AddNorm",
+    "DyT",
+    "ScaleNorm",
+    "BatchNorm",
+    "GroupNorm",
+    "ChannelsFirst",
+    "make_norm",
+    "NORMS",
+    "FUSABLE_NORMS",
+]
+
+NORMS = ("layernorm", "rmsnorm", "batchnorm", "groupnorm", "dyt", "scalenorm", "none")
+FUSABLE_NORMS = ("layernorm", "rmsnorm")  # the norms add_norm computes (fused add + norm)
+
+
+def _as_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        shape: tuple[int, ...] = (int(normalized_shape),)
+    elif isinstance(normalized_shape, Sequence) and all(
+        isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in normalized_shape
+    ):
+        shape = tuple(int(d) for d in normalized_shape)
+    else:
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints; got {normalized_shape!r}")
+    if len(shape) == 0 or any(d <= 0 for d in shape):
+        raise ValueError(f"normalized_shape must be non-empty with positive sizes; got {shape}")
+    return shape
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int; got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be a positive int; got {value}")
+    return int(value)
+
+
+class _AddNormBase(nn.Module):
+    """Shared by LayerNorm and RMSNorm: flatten the trailing ``normalized_shape`` dims into one row,
+    call ``add_norm`` (optionally with a residual add fused in), restore the shape."""
+
+    _kind: str
+    normalized_shape: tuple[int, ...]
+    eps: float | None
+
+    def _eps_for(self, x: torch.Tensor) -> float:
+        return self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+
+    def _flat(self, p: torch.Tensor | None) -> torch.Tensor | None:
+        return None if p is None else p.reshape(-1)
+
+    def forward_add(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None, *, prenorm: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``Norm(x + residual)`` in one ``add_norm`` call; with ``prenorm=True`` also the sum."""
+        k = len(self.normalized_shape)
+        if tuple(x.shape[x.dim() - k :]) != self.normalized_shape:
+            raise ValueError(
+                f"input's trailing dims must be normalized_shape {self.normalized_shape}; "
+                f"got shape {tuple(x.shape)}"
+            )
+        lead = x.shape[: x.dim() - k]
+        flat_x = x.reshape(*lead, -1)
+        flat_r = residual.reshape(*lead, -1) if residual is not None else None
+        out = add_norm(
+            flat_x,
+            flat_r,
+            self._flat(self.weight),
+            self._flat(getattr(self, "bias", None)),
+            kind=self._kind,
+            eps=self._eps_for(x),
+            prenorm=True,
+        )
+        y, s = out[0].reshape(x.shape), out[1].reshape(x.shape)
+        return (y, s) if prenorm else y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_add(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class LayerNorm(_AddNormBase):
+    """LayerNorm (Ba et al. 2016): ``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last
+    ``len(normalized_shape)`` dims.
+
+    A drop-in for ``torch.nn.LayerNorm`` (same arguments, parameter names, outputs and state_dict)
+    computed by ``resnorm.add_norm(kind="layer")``, so the fused kernels accelerate it on CUDA.
+    ``forward_add(x, residual, prenorm=...)`` fuses a residual add in front of the norm.
+    """
+
+    _kind = "layer"
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.normalized_shape = _as_shape(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        factory = {"device": device, "dtype": dtype}
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+            if bias:
+                self.bias = nn.Parameter(torch.empty(self.normalized_shape, **factory))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class RMSNorm(_AddNormBase):
+    """RMSNorm (Zhang & Sennrich 2019): ``y = x / sqrt(mean(x^2) + eps) * weight`` over the last
+    ``len(normalized_shape)`` dims; ``eps=None`` uses ``torch.finfo(x.dtype).eps`` like torch.
+
+    A drop-in for ``torch.nn.RMSNorm`` computed by ``resnorm.add_norm(kind="rms")``.
+    ``forward_add(x, residual, prenorm=...)`` fuses a residual add in front of the norm.
+    """
+
+    _kind = "rms"
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.normalized_shape = _as_shape(normalized_shape)
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+
+
+class AddNorm(nn.Module):
+    """Module form of ``add_norm``: ``s = dropout(x) + residual``; ``y = Norm(s)``; returns ``(y, s)``.
+
+    ``kind`` is ``"rms"`` or ``"layer"``; ``eps=None`` means 1e-6 for rms and 1e-5 for layer;
+    ``bias=None`` means a bias for layer and none for rms. With ``zero_centered_weight`` the weight
+    is stored as an offset from 1 (initialised to 0; Gemma). Dropout is applied only in training.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "rms",
+        eps: float | None = None,
+        bias: bool | None = None,
+        zero_centered_weight: bool = False,
+        residual_dtype: torch.dtype | None = None,
+        dropout: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim = _check_positive_int("dim", dim)
+        if kind not in ("rms", "layer"):
+            raise ValueError(f"kind must be 'rms' or 'layer'; got {kind!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a float in [0, 1); got {dropout!r}")
+        self.kind = kind
+        self.eps = eps if eps is not None else (1e-6 if kind == "rms" else 1e-5)
+        self.zero_centered_weight = zero_centered_weight
+        self.residual_dtype = residual_dtype
+        self.dropout = float(dropout)
+        factory = {"device": device, "dtype": dtype}
+        init = torch.zeros if zero_centered_weight else torch.ones
+        self.weight = nn.Parameter(init(dim, **factory))
+        use_bias = (kind == "layer") if bias is None else bias
+        self.bias = nn.Parameter(torch.zeros(dim, **factory)) if use_bias else None
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return add_norm(
+            x,
+            residual,
+            self.weight,
+            self.bias,
+            kind=self.kind,
+            eps=self.eps,
+            prenorm=True,
+            residual_dtype=self.residual_dtype,
+            zero_centered_weight=self.zero_centered_weight,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.dim}, kind={self.kind!r}, eps={self.eps}, bias={self.bias is not None}, "
+            f"zero_centered_weight={self.zero_centered_weight}, dropout={self.dropout}"
+        )
+
+
+class DyT(nn.Module):
+    """Dynamic Tanh (Zhu et al. 2025, "Transformers without Normalization"):
+    ``y = weight * tanh(alpha * x) + bias`` over the last dim, a scalar learnable ``alpha``
+    (``alpha_init=0.5``), per-feature ``weight`` (ones) and ``bias`` (zeros). No statistics."""
+
+    def __init__(
+        self,
+        dim: int,
+        alpha_init: float = 0.5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim = _check_positive_int("dim", dim)
+        self.alpha_init = float(alpha_init)
+        factory = {"device": device, "dtype": dtype}
+        self.alpha = nn.Parameter(torch.full((1,), self.alpha_init, **factory))
+        self.weight = nn.Parameter(torch.ones(dim, **factory))
+        self.bias = nn.Parameter(torch.zeros(dim, **factory))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.alpha * x) * self.weight + self.bias
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, alpha_init={self.alpha_init}"
+
+
+class ScaleNorm(nn.Module):
+    """ScaleNorm (Nguyen & Salazar 2019): ``y = g * x / max(||x||_2, eps)`` over the last dim, one
+    learnable scalar ``g`` initialised to ``sqrt(dim)`` (the paper's choice)."""
+
+    def __init__(
+        self,
+        dim: int,
+        eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.dim = _check_positive_int("dim", dim)
+        self.eps = eps
+        self.g = nn.Parameter(torch.full((1,), math.sqrt(dim), device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=self.eps)
+        return x * (self.g / norm)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
+
+def _channel_dim(x: torch.Tensor, channels_first: bool, expected: int, who: str) -> int:
+    if x.dim() < 2:
+        raise ValueError(f"{who} needs a (batch, channel, ...) input of >= 2 dims; got {tuple(x.shape)}")
+    dim = 1 if channels_first else x.dim() - 1
+    if x.shape[dim] != expected:
+        layout = "(N, C, *)" if channels_first else "(N, *, C)"
+        raise ValueError(
+            f"{who} expects {expected} channels in dim {dim} (layout {layout}, "
+            f"channels_first={channels_first}); got input of shape {tuple(x.shape)}"
+        )
+    return dim
+
+
+class BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm (Ioffe & Szegedy 2015) for any input rank: per-channel statistics over the batch
+    and every other dim. Same arguments, parameters and buffers as ``torch.nn.BatchNorm1d/2d`` (state
+    dicts load both ways), plus ``channels_first``: if False (default) the channel dim is the last
+    one, so ``(N, L, C)`` is normalized like ``BatchNorm1d`` on ``x.transpose(1, 2)``."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        channels_first: bool = False,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.channels_first = channels_first
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        _channel_dim(input, True, self.num_features, "BatchNorm")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = _channel_dim(x, self.channels_first, self.num_features, "BatchNorm")
+        if dim == 1:
+            return super().forward(x)
+        return super().forward(x.movedim(dim, 1)).movedim(1, dim)
+
+
+class GroupNorm(nn.GroupNorm):
+    """GroupNorm (Wu & He 2018): channels split into ``num_groups`` groups, each normalized per sample.
+
+    ``channels_first=True``: exactly ``torch.nn.GroupNorm`` on ``(N, C, *)`` (statistics over the
+    group's channels and all spatial positions). ``channels_first=False`` (default, token layout
+    ``(N, *, C)``): statistics per sample, per position and per group, as in per-head GroupNorm of
+    sequence models (RetNet) — no mixing across positions, so it stays causal. Both agree on ``(N, C)``.
+    """
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        channels_first: bool = False,
+    ) -> None:
+        if num_channels % num_groups != 0:
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
+        super().__init__(num_groups, num_channels, eps, affine, device, dtype)
+        self.channels_first = channels_first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dim = _channel_dim(x, self.channels_first, self.num_channels, "GroupNorm")
+        if dim == 1:
+            return super().forward(x)
+        return super().forward(x.reshape(-1, self.num_channels)).reshape(x.shape)
+
+
+class ChannelsFirst(nn.Module):
+    """Apply a last-dim norm to the channel dim 1 of ``(N, C, *)`` (moves C last and back)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"ChannelsFirst needs an (N, C, *) input; got {tuple(x.shape)}")
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def default_num_groups(dim: int) -> int:
+    """GroupNorm groups used by ``make_norm``: ``gcd(dim, 32)`` (32 groups is Wu & He's default)."""
+    return math.gcd(dim, 32)
+
+
+def make_norm(
+    name: str,
+    dim: int,
+    *,
+    eps: float | None = None,
+    channels_first: bool = False,
+    num_groups: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Build a norm over ``dim`` features by name (one of ``NORMS``).
+
+    ``channels_first=False`` (default): features are the last dim — ``(N, C)``, ``(N, L, C)``.
+    ``channels_first=True``: features are dim 1 — conv maps ``(N, C, H, W)``. ``eps=None`` keeps
+    each norm's default (layernorm/batchnorm/groupnorm 1e-5, rmsnorm ``finfo(dtype).eps`` as torch,
+    scalenorm 1e-5; DyT has no eps). ``num_groups`` (groupnorm) defaults to ``gcd(dim, 32)``.
+    ``"none"`` gives ``nn.Identity``.
+    """
+    if not isinstance(name, str) or name not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {name!r}")
+    dim = _check_positive_int("dim", dim)
+    factory = {"device": device, "dtype": dtype}
+    eps_kw = {} if eps is None else {"eps": eps}
+    if name == "none":
+        return nn.Identity()
+    if name == "batchnorm":
+        return BatchNorm(dim, **eps_kw, **factory, channels_first=channels_first)
+    if name == "groupnorm":
+        groups = default_num_groups(dim) if num_groups is None else num_groups
+        groups = _check_positive_int("num_groups", groups)
+        return GroupNorm(groups, dim, **eps_kw, **factory, channels_first=channels_first)
+    if name == "layernorm":
+        norm: nn.Module = LayerNorm(dim, **eps_kw, **factory)
+    elif name == "rmsnorm":
+        norm = RMSNorm(dim, **eps_kw, **factory)
+    elif name == "dyt":
+        norm = DyT(dim, **factory)
+    else:
+        norm = ScaleNorm(dim, **eps_kw, **factory)
+    return ChannelsFirst(norm) if channels_first else norm
