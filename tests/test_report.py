@@ -1,0 +1,174 @@
+"""resnorm.lab.report and plots: built from synthetic run folders that follow the metrics.jsonl schema."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import struct
+
+import numpy as np
+import pytest
+import yaml
+
+from resnorm.lab import plots, report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == PNG_MAGIC
+    width, height = struct.unpack(">II", data[16:24])  # IHDR chunk
+    return width, height
+
+
+def write_run(folder, *, depth=4, steps=40, vanish=1.0, diverge_at=None, acc_end=0.9, placement="pre",
+              norm="layernorm", result=True, probe_every=10):
+    """A run folder as the trainer writes it. Block b's gradient norm is vanish**(depth-1-b)."""
+    folder.mkdir(parents=True)
+    config = {"model": "residual-mlp", "data": "mnist5k", "depth": depth, "width": 8,
+              "placement": placement, "norm": norm, "steps": steps, "seed": 0}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = []
+    losses = []
+    for step in range(1, steps + 1):
+        loss = 2.3 * math.exp(-3.0 * step / steps) if acc_end > 0.2 else 2.3 + 0.01 * math.sin(step)
+        if diverge_at is not None and step >= diverge_at:
+            loss = float("nan")
+        losses.append(loss)
+        lines.append({"kind": "train", "step": step, "epoch": step / steps, "loss": loss, "lr": 1e-3,
+                      "grad_norm": 1.0 + step, "spike": step == 7, "time_s": 0.01 * step})
+        if diverge_at is not None and step == diverge_at:
+            lines.append({"kind": "event", "step": step, "event": "diverged", "detail": "loss is nan"})
+            break
+        if step % probe_every == 0 or step == 1:
+            names = [f"blocks.{b}" for b in range(depth)]
+            grads = [vanish ** (depth - 1 - b) * (1 + 0.1 * step / steps) for b in range(depth)]
+            lines.append({"kind": "probe", "step": step, "block_names": names, "grad_norm": grads,
+                          "act_rms": [1.0 + b for b in range(depth)], "update_ratio": [1e-3] * depth,
+                          "global_grad_norm": math.sqrt(sum(g * g for g in grads)), "attn_entropy": []})
+        if step % 10 == 0:
+            lines.append({"kind": "val", "step": step, "loss": loss * 1.1, "acc": acc_end * step / steps})
+    text = "\n".join(json.dumps(r) for r in lines) + "\n"
+    (folder / "metrics.jsonl").write_text(text.replace("NaN", "NaN"))
+    if result:
+        status = "diverged" if diverge_at is not None else "completed"
+        final = {"train_loss": losses[-1], "val_loss": None, "val_acc": None}
+        vals = [r for r in lines if r["kind"] == "val"]
+        if vals:
+            final = {"train_loss": losses[-1], "val_loss": vals[-1]["loss"], "val_acc": vals[-1]["acc"]}
+        (folder / "result.json").write_text(json.dumps(
+            {"status": status, "steps": len(losses), "diverged_step": diverge_at, "final": final,
+             "grad_ratio": None, "out_dir": str(folder), "wall_s": 1.5}))
+    return folder
+
+
+@pytest.fixture()
+def study(tmp_path):
+    root = tmp_path / "study"
+    write_run(root / "pre-norm-d4", depth=4, vanish=1.0)
+    write_run(root / "pre-norm-d8", depth=8, vanish=1.0)
+    write_run(root / "plain-d4", depth=4, vanish=0.1, acc_end=0.1, placement="none", norm="none")
+    write_run(root / "plain-d8", depth=8, vanish=0.01, acc_end=0.1, placement="none", norm="none",
+              diverge_at=25)
+    return root
+
+
+def test_read_metrics_groups_records_and_tolerates_a_truncated_last_line(tmp_path):
+    run = write_run(tmp_path / "r", steps=20)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "step": 21, "lo')  # killed mid-write
+    groups = report.read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in groups["train"]] == list(range(1, 21))
+    assert [r["step"] for r in groups["val"]] == [10, 20]
+    assert [r["step"] for r in groups["probe"]] == [1, 10, 20]
+
+
+def test_read_metrics_rejects_a_malformed_middle_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"kind": "train", "step": 1, "loss": 1.0}\nnot json\n{"kind": "val", "step": 1}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2"):
+        report.read_metrics(path)
+
+
+def test_load_run_derives_design_and_depth_from_config(study):
+    run = report.load_run(study / "plain-d8")
+    assert (run.design, run.depth) == ("plain", 8)
+    assert report.load_run(study / "pre-norm-d4").design == "pre-norm"
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+        report.load_run(study)
+
+
+def test_summary_values_match_hand_computation(study):
+    rows = {r["run"]: r for r in map(report.summarize, map(report.load_run, sorted(study.iterdir())))}
+    # grad ratio = mean over probes of g[0]/g[-1] = vanish**(depth-1) (the step factor cancels)
+    assert rows["plain-d4"]["grad_ratio"] == pytest.approx(0.1**3)
+    assert rows["pre-norm-d8"]["grad_ratio"] == pytest.approx(1.0)
+    assert rows["pre-norm-d4"]["val_acc"] == pytest.approx(0.9 * 40 / 40)
+    assert rows["pre-norm-d4"]["verdict"] == "trained"
+    assert rows["plain-d4"]["verdict"] == "did not train"
+    assert rows["plain-d8"]["verdict"] == "diverged"
+    assert rows["plain-d8"]["status"] == "diverged"
+
+
+def test_grad_norm_matrix_is_blocks_by_probes():
+    probes = [{"step": 5, "grad_norm": [1.0, 2.0, 3.0]}, {"step": 9, "grad_norm": [4.0, float("inf"), 6.0]}]
+    steps, matrix = plots.grad_norm_matrix(probes)
+    np.testing.assert_array_equal(steps, [5, 9])
+    expected = np.array([[1.0, 4.0], [2.0, np.nan], [3.0, 6.0]])
+    np.testing.assert_array_equal(matrix, expected)
+
+
+def test_smooth_is_a_debiased_ema():
+    values = [4.0, 2.0, 8.0]
+    w = 0.5
+    # hand computation: a1 = 2/0.5 = 4; a2 = (1 + 1)/0.75; a3 = (0.5*2 + 4)/0.875
+    expected = [4.0, 2.0 / 0.75, 5.0 / 0.875]
+    np.testing.assert_allclose(plots.smooth(values, w), expected)
+    assert math.isnan(plots.smooth([1.0, float("nan"), 1.0], 0.5)[1])
+
+
+def test_build_report_embeds_every_plot_and_the_summary(study):
+    out = report.build_report([study])
+    assert out == study / "report.html"
+    text = out.read_text()
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", text)
+    assert len(images) == 4 * 3 + 4  # three plots per run + four study plots
+    for data in images:
+        width, height = png_size(base64.b64decode(data))
+        assert width >= 400 and height >= 300
+    for run_dir in study.iterdir():
+        if run_dir.is_dir():
+            assert {p.name for p in run_dir.glob("*.png")} == set(report.RUN_PLOTS)
+    assert "src='http" not in text and "<script" not in text  # self-contained
+    assert "90.0%" in text and "1.00e-03" in text and "1.00e-14" in text  # acc; 0.1**3, 0.01**7
+    assert "diverged" in text
+
+
+def test_report_from_run_folders_and_study_json_order(study, tmp_path):
+    (study / "study.json").write_text(json.dumps({"runs": [
+        {"dir": "plain-d4", "design": "A", "depth": 4}, {"dir": "pre-norm-d4", "design": "B", "depth": 4}]}))
+    out = report.build_report([study], tmp_path / "x" / "r.html")
+    text = out.read_text()
+    assert text.index("plain-d4") < text.index("pre-norm-d4")
+    assert "plain-d8" not in text.split("<h2>Configurations</h2>")[0]  # only runs named in study.json
+    single = report.build_report([study / "pre-norm-d8"])
+    assert single == study / "pre-norm-d8" / "report.html"
+    assert len(re.findall(r"data:image/png", single.read_text())) == 3
+
+
+def test_find_run_dirs_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such run or study folder"):
+        report.find_run_dirs([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="neither a run folder"):
+        report.find_run_dirs([tmp_path / "empty"])
+
+
+def test_summary_table_text(study):
+    rows = [report.summarize(report.load_run(study / n)) for n in ("pre-norm-d4", "plain-d8")]
+    lines = report.format_summary_table(rows).splitlines()
+    assert lines[0].split()[:3] == ["design", "depth", "result"]
+    assert lines[2].split()[:4] == ["pre-norm", "4", "trained", "90.0%"]
+    assert lines[3].split()[:3] == ["plain", "8", "diverged"]
