@@ -84,9 +84,12 @@ class _AddNormBase(nn.Module):
                 f"input's trailing dims must be normalized_shape {self.normalized_shape}; "
                 f"got shape {tuple(x.shape)}"
             )
-        lead = x.shape[: x.dim() - k]
-        flat_x = x.reshape(*lead, -1)
-        flat_r = residual.reshape(*lead, -1) if residual is not None else None
+        if k == 1:
+            flat_x, flat_r = x, residual
+        else:  # one row per position: the trailing dims flattened
+            row_shape = (*x.shape[: x.dim() - k], math.prod(self.normalized_shape))
+            flat_x = x.reshape(row_shape)
+            flat_r = residual.reshape(row_shape) if residual is not None else None
         out = add_norm(
             flat_x,
             flat_r,
@@ -96,7 +99,7 @@ class _AddNormBase(nn.Module):
             eps=self._eps_for(x),
             prenorm=True,
         )
-        y, s = out[0].reshape(x.shape), out[1].reshape(x.shape)
+        y, s = (out[0], out[1]) if k == 1 else (out[0].reshape(x.shape), out[1].reshape(x.shape))
         return (y, s) if prenorm else y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
