@@ -48,6 +48,7 @@ __all__ = [
     "parse_depths",
     "design_name",
     "plan_study",
+    "check_data",
     "run_compare",
     "StudyResult",
 ]
@@ -185,6 +186,30 @@ def _name_for(placement: str, norm: str) -> str:
     return f"{placement}:{norm}"
 
 
+def check_data(model: str, data: str) -> None:
+    """Fail fast, before any run starts, on a dataset name or path that cannot be the model's data.
+
+    Embedded names are checked against ``resnorm.data``; a path must exist (its format is checked when
+    the first run loads it).
+    """
+    from resnorm.data import EMBEDDED_IMAGE_DATASETS, EMBEDDED_TEXT_DATASETS
+
+    if model not in COMPARE_MODELS:
+        raise ValueError(f"unknown --model {model!r}; valid models: {', '.join(COMPARE_MODELS)}")
+    names = EMBEDDED_TEXT_DATASETS if model == "gpt" else EMBEDDED_IMAGE_DATASETS
+    other = EMBEDDED_IMAGE_DATASETS if model == "gpt" else EMBEDDED_TEXT_DATASETS
+    if data in names:
+        return
+    if data in other:
+        kind = "text" if model == "gpt" else "image"
+        raise ValueError(f"--data {data} does not fit --model {model}, which needs {kind} data: "
+                         f"{', '.join(names)} or a path")
+    if not Path(data).expanduser().exists():
+        what = "a UTF-8 text file" if model == "gpt" else "an MNIST/Fashion-MNIST IDX or CIFAR-10 folder"
+        raise FileNotFoundError(f"unknown dataset {data!r}: not one of {', '.join(names)} and no such path "
+                                f"(expected {what})")
+
+
 # ----------------------------------------------------------------------------------------------
 # the study
 
@@ -239,6 +264,7 @@ def plan_study(
         log_every=1,
         probe_every=max(1, steps // N_PROBES),
         checkpoint_every=0,
+        tensorboard=False,
     )
     fields.update(overrides or {})
     out_dir = Path(out_dir)
