@@ -1,0 +1,315 @@
+"""Launch configuration and host-side launchers for the add+norm Triton kernels.
+
+Two copies of ``triton_kernels.py`` are used: the compiled one for CUDA tensors and an interpreted
+one (``TRITON_INTERPRET=1`` in effect while it is imported) for CPU tensors. Triton 3.x reads that
+flag when ``@triton.jit`` decorates a function (``triton.knobs.runtime.interpret``), not at launch,
+so setting it after import would change nothing: the interpreted copy is built by importing the
+file a second time under the flag, whatever the user's environment says.
+
+Tensors reach the launchers as 2-D ``(M, N)`` views whose last dimension is contiguous; rows may be
+strided (``stride(0)`` is passed to the kernels), so such views are never copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import math
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+_KERNEL_FILE = Path(__file__).with_name("triton_kernels.py")
+_INTERPRETED_NAME = "resnorm.kernels._triton_kernels_interpreted"
+
+# Widest row held in one program (elements). Wider rows loop over column blocks of the "wide" size.
+MAX_SINGLE_BLOCK_N = 16384
+WIDE_BLOCK_N = 4096
+_max_block_n_override: int | None = None
+
+
+@contextlib.contextmanager
+def force_max_block_n(n: int) -> Iterator[None]:
+    """Test hook: rows wider than ``n`` take the column-loop path, with column blocks of ``n``."""
+    global _max_block_n_override
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"n must be a power of two >= 1; got {n}")
+    previous, _max_block_n_override = _max_block_n_override, n
+    try:
+        yield
+    finally:
+        _max_block_n_override = previous
+
+
+# ----------------------------------------------------------------------------------------------
+# the two copies of the kernels
+
+
+@contextlib.contextmanager
+def _interpret_flag_on() -> Iterator[None]:
+    import triton
+
+    previous_env = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    runtime = getattr(getattr(triton, "knobs", None), "runtime", None)
+    explicit = runtime.__dict__.pop("interpret", None) if runtime is not None else None
+    try:
+        yield
+    finally:
+        if previous_env is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = previous_env
+        if explicit is not None:
+            runtime.__dict__["interpret"] = explicit
+
+
+@functools.cache
+def _interpreted_module() -> ModuleType:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    spec = importlib.util.spec_from_file_location(_INTERPRETED_NAME, _KERNEL_FILE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_INTERPRETED_NAME] = module
+    with _interpret_flag_on():
+        spec.loader.exec_module(module)
+    if not isinstance(module.add_norm_fwd_kernel, InterpretedFunction):
+        raise RuntimeError("could not build the interpreted Triton kernels (TRITON_INTERPRET had no effect)")
+    return module
+
+
+def kernels_for(device: torch.device) -> ModuleType:
+    """The compiled kernels for CUDA tensors, the interpreted ones for every other device."""
+    if device.type == "cuda":
+        from resnorm.kernels import triton_kernels
+
+        return triton_kernels
+    return _interpreted_module()
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _programs_budget(device: torch.device) -> int:
+    """How many programs fill the device; small on the interpreter (programs run one after another)."""
+    if device.type != "cuda":
+        return 2
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# ----------------------------------------------------------------------------------------------
+# configurations
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    block_m: int
+    block_n: int
+    single_block: bool
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class BackwardConfig:
+    block_m: int
+    block_n: int
+    single_block: bool
+    num_warps: int
+    groups: int  # G: programs along the rows (each walks every G-th row tile)
+    col_blocks: int  # C: programs along the columns (1 when a row fits in one program)
+
+
+def forward_config(m: int, n: int, device: torch.device) -> ForwardConfig:
+    """Whole rows in one program up to MAX_SINGLE_BLOCK_N; several short rows per program so that a
+    program moves at least ~4K elements (GPU) or ~16K (interpreter: fewer, larger programs)."""
+    limit = _max_block_n_override or MAX_SINGLE_BLOCK_N
+    block_n = _next_pow2(n)
+    on_gpu = device.type == "cuda"
+    if block_n > limit:
+        wide = min(limit, WIDE_BLOCK_N) if _max_block_n_override is None else limit
+        return ForwardConfig(1, wide, False, 8 if on_gpu else 1)
+    tile = 4096 if on_gpu else 16384
+    block_m = max(1, min(tile // block_n, 16 if on_gpu else 256, _next_pow2(max(m, 1))))
+    num_warps = min(16, max(2, block_m * block_n // 512)) if on_gpu else 1
+    return ForwardConfig(block_m, block_n, True, num_warps)
+
+
+def backward_config(m: int, n: int, device: torch.device) -> BackwardConfig:
+    """Persistent grid: G x C programs, G a multiple of the SM count where the rows allow it."""
+    limit = _max_block_n_override or MAX_SINGLE_BLOCK_N
+    block_n = _next_pow2(n)
+    on_gpu = device.type == "cuda"
+    budget = _programs_budget(device)
+    if block_n > limit:
+        wide = min(limit, WIDE_BLOCK_N) if _max_block_n_override is None else limit
+        col_blocks = -(-n // wide)
+        target = budget * 4 if on_gpu else budget
+        groups = max(1, min(m, target // col_blocks))
+        return BackwardConfig(1, wide, False, 8 if on_gpu else 1, groups, col_blocks)
+    tile = 2048 if on_gpu else 16384
+    block_m = max(1, min(tile // block_n, 16 if on_gpu else 256, _next_pow2(max(m, 1))))
+    elements = block_m * block_n
+    if on_gpu:
+        num_warps = min(32, max(2, elements // 512))
+        per_sm = max(1, min(8, 32 // num_warps))
+    else:
+        num_warps, per_sm = 1, 1
+    groups = max(1, min(-(-m // block_m), budget * per_sm))
+    return BackwardConfig(block_m, block_n, True, num_warps, groups, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# launchers
+
+
+def rows_view(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as (M, N) with a contiguous last dimension; a view whenever strides allow it."""
+    t2 = t.reshape(-1, t.shape[-1]) if t.dim() != 2 else t
+    if t2.shape[-1] > 1 and t2.stride(-1) != 1:
+        t2 = t2.contiguous()
+    return t2
+
+
+def forward(
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    seed: torch.Tensor | None,
+    *,
+    kind: str,
+    eps: float,
+    residual_dtype: torch.dtype,
+    out_dtype: torch.dtype,
+    zero_centered_weight: bool,
+    dropout_p: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns ``(y, residual_out, mean, rstd)``; y and residual_out have x's shape (contiguous),
+    mean and rstd are fp32 of shape ``x.shape[:-1]`` (mean is empty for RMSNorm)."""
+    n = x.shape[-1]
+    y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+    residual_out = torch.empty(x.shape, dtype=residual_dtype, device=x.device)
+    m = math.prod(x.shape[:-1])
+    is_rms = kind == "rms"
+    mean = torch.empty(0 if is_rms else x.shape[:-1], dtype=torch.float32, device=x.device)
+    rstd = torch.empty(x.shape[:-1], dtype=torch.float32, device=x.device)
+    if x.numel() == 0:
+        return y, residual_out, mean, rstd
+    x2 = rows_view(x)
+    r2 = rows_view(residual) if residual is not None else x2
+    y2, ro2 = y.view(m, n), residual_out.view(m, n)
+    has_dropout = dropout_p > 0.0
+    cfg = forward_config(m, n, x.device)
+    kernels = kernels_for(x.device)
+    grid = (triton_cdiv(m, cfg.block_m),)
+    kernels.add_norm_fwd_kernel[grid](
+        x2, r2, weight if weight is not None else x2, bias if bias is not None else x2,
+        y2, ro2, mean if not is_rms else rstd, rstd, seed if has_dropout else rstd,
+        x2.stride(0), r2.stride(0), y2.stride(0), ro2.stride(0),
+        m, n, float(eps), float(dropout_p), 1.0 / (1.0 - dropout_p),
+        IS_RMS=is_rms, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None, ZERO_CENTERED=zero_centered_weight, HAS_DROPOUT=has_dropout,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block,
+        num_warps=cfg.num_warps,
+    )
+    return y, residual_out, mean, rstd
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _sum_partials(kernels: ModuleType, partial: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    groups, n = partial.shape
+    out = torch.empty(n, dtype=dtype, device=partial.device)
+    block_n = min(1024, _next_pow2(n))
+    kernels.sum_partials_kernel[(triton_cdiv(n, block_n),)](partial, out, groups, n, BLOCK_N=block_n,
+                                                              num_warps=4)
+    return out
+
+
+def backward(
+    dy: torch.Tensor,
+    d_residual_out: torch.Tensor | None,
+    residual_out: torch.Tensor,
+    weight: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    seed: torch.Tensor | None,
+    *,
+    kind: str,
+    zero_centered_weight: bool,
+    dropout_p: float,
+    x_dtype: torch.dtype,
+    residual_grad_dtype: torch.dtype | None,
+    weight_grad: bool,
+    bias_grad_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Returns ``(dx, d_residual, d_weight, d_bias)``.
+
+    ``d_residual`` is None when it equals ``dx`` (no dropout, same dtype: the caller hands ``dx`` to
+    both inputs and one tensor write is saved) or when there is no residual
+    (``residual_grad_dtype is None``). ``d_weight`` / ``d_bias`` are None when not asked for.
+    """
+    n = residual_out.shape[-1]
+    m = math.prod(residual_out.shape[:-1])
+    device = residual_out.device
+    has_dropout = dropout_p > 0.0
+    store_dr = residual_grad_dtype is not None and (has_dropout or residual_grad_dtype != x_dtype)
+    dx = torch.empty(residual_out.shape, dtype=x_dtype, device=device)
+    dr = torch.empty(residual_out.shape, dtype=residual_grad_dtype, device=device) if store_dr else None
+    weight_dtype = weight.dtype if weight is not None else None
+    if residual_out.numel() == 0:
+        dw = torch.zeros(n, dtype=weight_dtype, device=device) if weight_grad else None
+        db = torch.zeros(n, dtype=bias_grad_dtype, device=device) if bias_grad_dtype is not None else None
+        return dx, dr, dw, db
+    is_rms = kind == "rms"
+    dy2 = rows_view(dy)
+    ro2 = rows_view(residual_out)
+    dro2 = rows_view(d_residual_out) if d_residual_out is not None else dy2
+    dx2 = dx.view(m, n)
+    dr2 = dr.view(m, n) if dr is not None else dx2
+    cfg = backward_config(m, n, device)
+    kernels = kernels_for(device)
+    mean_arg = mean if not is_rms else rstd
+    if cfg.single_block:
+        c1 = c2 = rstd
+    else:
+        c1 = torch.empty(m, dtype=torch.float32, device=device)
+        c2 = torch.empty(m, dtype=torch.float32, device=device)
+        kernels.add_norm_bwd_row_terms_kernel[(m,)](
+            dy2, ro2, weight if weight is not None else ro2, mean_arg, rstd, c1, c2,
+            dy2.stride(0), ro2.stride(0), m, n,
+            IS_RMS=is_rms, HAS_WEIGHT=weight is not None, ZERO_CENTERED=zero_centered_weight,
+            BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+        )
+    compute_dw = weight_grad
+    compute_db = bias_grad_dtype is not None
+    dw_part = torch.empty((cfg.groups, n), dtype=torch.float32, device=device) if compute_dw else rstd
+    db_part = torch.empty((cfg.groups, n), dtype=torch.float32, device=device) if compute_db else rstd
+    kernels.add_norm_bwd_kernel[(cfg.groups, cfg.col_blocks)](
+        dy2, dro2, ro2, weight if weight is not None else ro2, mean_arg, rstd, c1, c2,
+        seed if has_dropout else rstd, dx2, dr2, dw_part, db_part,
+        dy2.stride(0), dro2.stride(0), ro2.stride(0), dx2.stride(0), dr2.stride(0),
+        m, n, float(dropout_p), 1.0 / (1.0 - dropout_p),
+        IS_RMS=is_rms, HAS_DRO=d_residual_out is not None, HAS_WEIGHT=weight is not None,
+        ZERO_CENTERED=zero_centered_weight, HAS_DROPOUT=has_dropout, STORE_DR=store_dr,
+        COMPUTE_DW=compute_dw, COMPUTE_DB=compute_db,
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block,
+        num_warps=cfg.num_warps,
+    )
+    dw = _sum_partials(kernels, dw_part, weight_dtype) if compute_dw else None
+    db = _sum_partials(kernels, db_part, bias_grad_dtype) if compute_db else None
+    return dx, dr, dw, db

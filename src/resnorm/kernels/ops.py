@@ -1,0 +1,161 @@
+"""torch.library custom ops around the add+norm kernels, with fake (meta) implementations and autograd.
+
+``resnorm::add_norm_fwd`` returns ``(y, residual_out, mean, rstd)``; its autograd saves only
+``residual_out``, the fp32 per-row ``mean``/``rstd``, the weight and the dropout seed (never ``y``)
+and calls ``resnorm::add_norm_bwd``. Both ops are opaque to torch.compile: Dynamo and Inductor see
+their fake implementations (shapes and dtypes only, symbolic in the leading dimensions), so a model
+using them compiles with ``fullgraph=True`` and no recompiles across batch sizes; every scalar
+reaches the kernels as a Python float (fp32 in Triton), never as an Inductor-specialised fp64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from resnorm.kernels import launch
+
+__all__ = ["add_norm", "add_norm_fwd", "add_norm_bwd"]
+
+
+@torch.library.custom_op("resnorm::add_norm_fwd", mutates_args=())
+def add_norm_fwd(
+    x: Tensor,
+    residual: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    seed: Tensor | None,
+    kind: str,
+    eps: float,
+    residual_dtype: torch.dtype,
+    out_dtype: torch.dtype,
+    zero_centered_weight: bool,
+    dropout_p: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fused forward: ``(y, residual_out, mean, rstd)``; mean is empty for ``kind="rms"``."""
+    return launch.forward(x, residual, weight, bias, seed, kind=kind, eps=eps, residual_dtype=residual_dtype,
+                          out_dtype=out_dtype, zero_centered_weight=zero_centered_weight, dropout_p=dropout_p)
+
+
+@add_norm_fwd.register_fake
+def _add_norm_fwd_fake(x, residual, weight, bias, seed, kind, eps, residual_dtype, out_dtype,
+                       zero_centered_weight, dropout_p):
+    y = x.new_empty(x.shape, dtype=out_dtype)
+    residual_out = x.new_empty(x.shape, dtype=residual_dtype)
+    rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    mean = x.new_empty((0,) if kind == "rms" else x.shape[:-1], dtype=torch.float32)
+    return y, residual_out, mean, rstd
+
+
+def _stores_d_residual(has_residual: bool, dropout_p: float, x_dtype: torch.dtype,
+                       residual_dtype: torch.dtype | None) -> bool:
+    return has_residual and (dropout_p > 0.0 or residual_dtype != x_dtype)
+
+
+@torch.library.custom_op("resnorm::add_norm_bwd", mutates_args=())
+def add_norm_bwd(
+    dy: Tensor,
+    d_residual_out: Tensor | None,
+    residual_out: Tensor,
+    weight: Tensor | None,
+    mean: Tensor,
+    rstd: Tensor,
+    seed: Tensor | None,
+    kind: str,
+    zero_centered_weight: bool,
+    dropout_p: float,
+    x_dtype: torch.dtype,
+    residual_grad_dtype: torch.dtype | None,
+    weight_grad: bool,
+    bias_grad_dtype: torch.dtype | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Fused backward: ``(dx, d_residual, d_weight, d_bias)``; a gradient that is not computed comes
+    back as an empty tensor (``d_residual`` too when it equals ``dx``)."""
+    dx, dr, dw, db = launch.backward(
+        dy, d_residual_out, residual_out, weight, mean, rstd, seed, kind=kind,
+        zero_centered_weight=zero_centered_weight, dropout_p=dropout_p, x_dtype=x_dtype,
+        residual_grad_dtype=residual_grad_dtype, weight_grad=weight_grad, bias_grad_dtype=bias_grad_dtype)
+    empty = dy.new_empty((0,), dtype=x_dtype)
+    return (dx, dr if dr is not None else empty, dw if dw is not None else empty.clone(),
+            db if db is not None else empty.clone())
+
+
+@add_norm_bwd.register_fake
+def _add_norm_bwd_fake(dy, d_residual_out, residual_out, weight, mean, rstd, seed, kind, zero_centered_weight,
+                       dropout_p, x_dtype, residual_grad_dtype, weight_grad, bias_grad_dtype):
+    n = residual_out.shape[-1]
+    dx = dy.new_empty(residual_out.shape, dtype=x_dtype)
+    if _stores_d_residual(residual_grad_dtype is not None, dropout_p, x_dtype, residual_grad_dtype):
+        dr = dy.new_empty(residual_out.shape, dtype=residual_grad_dtype)
+    else:
+        dr = dy.new_empty((0,), dtype=x_dtype)
+    dw = dy.new_empty((n,), dtype=weight.dtype) if weight_grad else dy.new_empty((0,), dtype=x_dtype)
+    db = dy.new_empty((n,), dtype=bias_grad_dtype) if bias_grad_dtype is not None else dy.new_empty(
+        (0,), dtype=x_dtype)
+    return dx, dr, dw, db
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, residual, weight, bias, seed, kind, eps, residual_dtype, out_dtype, zero_centered_weight, dropout_p = inputs
+    _, residual_out, mean, rstd = output
+    ctx.save_for_backward(residual_out, weight, mean, rstd, seed)
+    ctx.kind = kind
+    ctx.zero_centered_weight = zero_centered_weight
+    ctx.dropout_p = dropout_p
+    ctx.x_dtype = x.dtype
+    ctx.out_dtype = out_dtype
+    ctx.residual_grad_dtype = residual.dtype if residual is not None else None
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _backward(ctx, dy, d_residual_out, _d_mean, _d_rstd):
+    residual_out, weight, mean, rstd, seed = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    if dy is None:
+        dy = torch.zeros(residual_out.shape, dtype=ctx.out_dtype, device=residual_out.device)
+    weight_grad = weight is not None and needs[2]
+    bias_grad_dtype = ctx.bias_dtype if needs[3] else None
+    residual_grad_dtype = ctx.residual_grad_dtype if needs[1] else None
+    dx, dr, dw, db = torch.ops.resnorm.add_norm_bwd(
+        dy, d_residual_out, residual_out, weight, mean, rstd, seed, ctx.kind, ctx.zero_centered_weight,
+        ctx.dropout_p, ctx.x_dtype, residual_grad_dtype, weight_grad, bias_grad_dtype)
+    d_residual = None
+    if residual_grad_dtype is not None:
+        stored = _stores_d_residual(True, ctx.dropout_p, ctx.x_dtype, residual_grad_dtype)
+        d_residual = dr if stored else dx
+    return (dx, d_residual, dw if weight_grad else None, db if bias_grad_dtype is not None else None,
+            None, None, None, None, None, None, None)
+
+
+torch.library.register_autograd("resnorm::add_norm_fwd", _backward, setup_context=_setup_context)
+
+
+def add_norm(
+    x: Tensor,
+    residual: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    *,
+    kind: str,
+    eps: float,
+    residual_dtype: torch.dtype,
+    out_dtype: torch.dtype,
+    zero_centered_weight: bool = False,
+    dropout_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Same contract as ``resnorm.functional.add_norm_reference`` on validated arguments: returns
+    ``(y, residual_out)``, differentiable in x, residual, weight and bias.
+
+    Dropout draws one int64 seed per call (from ``generator`` or the default generator of x's device,
+    so ``torch.manual_seed`` makes runs reproducible); the mask is regenerated from it in the backward.
+    """
+    seed = None
+    if dropout_p > 0.0:
+        seed_device = generator.device if generator is not None else x.device
+        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64, device=seed_device, generator=generator)
+        seed = seed.to(x.device)
+    y, residual_out, _, _ = torch.ops.resnorm.add_norm_fwd(
+        x, residual, weight, bias, seed, kind, float(eps), residual_dtype, out_dtype,
+        bool(zero_centered_weight), float(dropout_p))
+    return y, residual_out

@@ -1,0 +1,292 @@
+"""Triton kernels for fused residual add + LayerNorm / RMSNorm, forward and backward.
+
+For one row ``x`` of length N (math in fp32)::
+
+    s    = dropout(x) + residual               (residual_out = s, stored in residual_dtype)
+    xhat = (s - mean) * rstd                   LayerNorm (Ba et al. 2016); mean = 0 for RMSNorm
+    rstd = 1 / sqrt(mean((s - mean)^2) + eps)  RMSNorm (Zhang & Sennrich 2019) has no centering
+    y    = xhat * w + b                        w = weight, or 1 + weight (zero-centered, Gemma)
+
+Backward, with ``wdy = w * dy``, ``c1 = mean(xhat * wdy)`` and ``c2 = mean(wdy)`` (0 for RMSNorm)::
+
+    ds = rstd * (wdy - xhat * c1 - c2) + d_residual_out
+    dx = ds * keep / (1 - p)      d_residual = ds      dw = sum_rows(dy * xhat)      db = sum_rows(dy)
+
+This module is imported twice by ``resnorm.kernels.launch``: once as-is (compiled kernels for CUDA)
+and once with ``TRITON_INTERPRET=1`` in effect (the interpreter, for CPU tensors), so it must stay a
+self-contained file of ``@triton.jit`` functions.
+
+Every row offset is computed in int64 (tensors over 2^31 elements); columns are contiguous
+(``stride(-1) == 1``) and rows may have any stride. Dropout keeps an element when
+``philox(seed, row * N + col) >= p``: the backward regenerates the same mask from the seed.
+"""
+
+import triton
+import triton.language as tl
+
+# Only Triton builtins and this file's own @triton.jit helpers are called from the kernels: the
+# library's @jit functions (tl.sum, tl.zeros, tl.rand, tl.cdiv) were decorated when triton was
+# imported and cannot run inside the interpreted copy. tl.reduce with the library's sum combiner is
+# a builtin (and the interpreter's numpy fast path).
+_sum_combine = tl.standard._sum_combine
+
+
+@triton.jit
+def _keep_mask(seed, offsets, dropout_p):
+    """Dropout's keep mask: u >= p with u uniform in [0, 1) from Philox4x32-10 (Salmon et al. 2011)
+    keyed by the 64-bit seed, counter = the element's logical int64 offset (row * N + col)."""
+    k0 = seed.to(tl.uint32)
+    k1 = (seed >> 32).to(tl.uint32)
+    c0 = offsets.to(tl.uint32)
+    c1 = (offsets >> 32).to(tl.uint32)
+    c2 = c0 * 0
+    c3 = c0 * 0
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, 0xD2511F53)
+        hi1 = tl.umulhi(c2, 0xCD9E8D57)
+        lo0 = c0 * 0xD2511F53
+        lo1 = c2 * 0xCD9E8D57
+        c0 = hi1 ^ c1 ^ k0
+        c2 = hi0 ^ c3 ^ k1
+        c1 = lo1
+        c3 = lo0
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    u = (c0 >> 8).to(tl.float32) * 5.9604644775390625e-08  # 2^-24: 24 random bits
+    return u >= dropout_p
+
+
+@triton.jit
+def add_norm_fwd_kernel(
+    X, R, W, B, Y, RO, Mean, Rstd, Seed,
+    stride_x, stride_r, stride_y, stride_ro,
+    M, N, eps, dropout_p, dropout_scale,
+    IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ZERO_CENTERED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+):
+    """One program per tile of BLOCK_M rows. SINGLE_BLOCK: the whole row fits in BLOCK_N columns.
+
+    Otherwise (wide rows, BLOCK_M == 1) two passes over column blocks: the first writes residual_out
+    and accumulates the statistics (per-lane Welford, merged with Chan et al.'s formula, for
+    LayerNorm; a sum of squares for RMSNorm); the second recomputes s from the inputs (the same
+    bytes the program just read, likely still in L2) and writes y.
+    """
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    rows64 = rows.to(tl.int64)
+    if HAS_DROPOUT:
+        seed = tl.load(Seed)
+    if SINGLE_BLOCK:
+        cols = tl.arange(0, BLOCK_N)
+        col_mask = cols < N
+        mask = row_mask[:, None] & col_mask[None, :]
+        s = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_DROPOUT:
+            keep = _keep_mask(seed, rows64[:, None] * N + cols[None, :], dropout_p)
+            s = tl.where(keep, s * dropout_scale, 0.0)
+        if HAS_RESIDUAL:
+            s += tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(RO + rows64[:, None] * stride_ro + cols[None, :], s.to(RO.dtype.element_ty), mask=mask)
+        if IS_RMS:
+            xc = s
+        else:
+            mean = tl.reduce(s, 1, _sum_combine) / N
+            tl.store(Mean + rows64, mean, mask=row_mask)
+            xc = tl.where(mask, s - mean[:, None], 0.0)
+        var = tl.reduce(xc * xc, 1, _sum_combine) / N
+        rstd = tl.rsqrt(var + eps)
+        tl.store(Rstd + rows64, rstd, mask=row_mask)
+        y = xc * rstd[:, None]
+        if HAS_WEIGHT:
+            w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+            if ZERO_CENTERED:
+                w += 1.0
+            y = y * w[None, :]
+        if HAS_BIAS:
+            y += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    else:
+        # wide rows: BLOCK_M == 1, `rows` has one element
+        x_row = X + rows64 * stride_x
+        r_row = R + rows64 * stride_r
+        ro_row = RO + rows64 * stride_ro
+        y_row = Y + rows64 * stride_y
+        acc_mean = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)   # per-lane Welford (LayerNorm) or
+        acc_m2 = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)     # per-lane sum of squares (RMSNorm)
+        acc_n = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = row_mask[:, None] & (cols < N)[None, :]
+            s = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            if HAS_DROPOUT:
+                keep = _keep_mask(seed, rows64[:, None] * N + cols[None, :], dropout_p)
+                s = tl.where(keep, s * dropout_scale, 0.0)
+            if HAS_RESIDUAL:
+                s += tl.load(r_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            tl.store(ro_row[:, None] + cols[None, :], s.to(RO.dtype.element_ty), mask=mask)
+            if IS_RMS:
+                acc_m2 += s * s
+            else:
+                acc_n += mask.to(tl.float32)
+                delta = s - acc_mean
+                acc_mean += tl.where(mask, delta / tl.maximum(acc_n, 1.0), 0.0)
+                acc_m2 += tl.where(mask, delta * (s - acc_mean), 0.0)
+        if IS_RMS:
+            mean = tl.full([BLOCK_M], 0.0, tl.float32)
+            var = tl.reduce(acc_m2, 1, _sum_combine) / N
+        else:
+            mean = tl.reduce(acc_mean * acc_n, 1, _sum_combine) / N
+            dev = acc_mean - mean[:, None]
+            var = tl.reduce(acc_m2 + acc_n * dev * dev, 1, _sum_combine) / N
+            tl.store(Mean + rows64, mean, mask=row_mask)
+        rstd = tl.rsqrt(var + eps)
+        tl.store(Rstd + rows64, rstd, mask=row_mask)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_mask = cols < N
+            mask = row_mask[:, None] & col_mask[None, :]
+            s = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            if HAS_DROPOUT:
+                keep = _keep_mask(seed, rows64[:, None] * N + cols[None, :], dropout_p)
+                s = tl.where(keep, s * dropout_scale, 0.0)
+            if HAS_RESIDUAL:
+                s += tl.load(r_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            y = (s - mean[:, None]) * rstd[:, None]
+            if HAS_WEIGHT:
+                w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+                if ZERO_CENTERED:
+                    w += 1.0
+                y = y * w[None, :]
+            if HAS_BIAS:
+                y += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+            tl.store(y_row[:, None] + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def add_norm_bwd_row_terms_kernel(
+    DY, RO, W, Mean, Rstd, C1, C2,
+    stride_dy, stride_ro,
+    M, N,
+    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, ZERO_CENTERED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Wide rows only: the per-row terms c1 = mean(xhat * w * dy) and c2 = mean(w * dy), one program
+    per row, looping over column blocks (fixed order: deterministic)."""
+    row = tl.program_id(0).to(tl.int64)
+    rstd = tl.load(Rstd + row)
+    if IS_RMS:
+        mean = 0.0
+    else:
+        mean = tl.load(Mean + row)
+    acc1 = tl.full([BLOCK_N], 0.0, tl.float32)
+    acc2 = tl.full([BLOCK_N], 0.0, tl.float32)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_mask = cols < N
+        dy = tl.load(DY + row * stride_dy + cols, mask=col_mask, other=0.0).to(tl.float32)
+        s = tl.load(RO + row * stride_ro + cols, mask=col_mask, other=0.0).to(tl.float32)
+        xhat = tl.where(col_mask, (s - mean) * rstd, 0.0)
+        wdy = dy
+        if HAS_WEIGHT:
+            w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+            if ZERO_CENTERED:
+                w += 1.0
+            wdy = dy * w
+        acc1 += xhat * wdy
+        acc2 += wdy
+    tl.store(C1 + row, tl.reduce(acc1, 0, _sum_combine) / N)
+    tl.store(C2 + row, tl.reduce(acc2, 0, _sum_combine) / N)
+
+
+@triton.jit
+def add_norm_bwd_kernel(
+    DY, DRO, RO, W, Mean, Rstd, C1, C2, Seed, DX, DR, DW_part, DB_part,
+    stride_dy, stride_dro, stride_ro, stride_dx, stride_dr,
+    M, N, dropout_p, dropout_scale,
+    IS_RMS: tl.constexpr, HAS_DRO: tl.constexpr, HAS_WEIGHT: tl.constexpr, ZERO_CENTERED: tl.constexpr,
+    HAS_DROPOUT: tl.constexpr, STORE_DR: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+):
+    """Persistent backward: grid (G, C). Program (g, c) owns column block c and walks the row tiles
+    g, g + G, g + 2G, ...; dw and db for its columns accumulate in fp32 registers and are written once
+    to row g of the partial buffers (summed afterwards in a fixed order: no atomics, deterministic).
+
+    SINGLE_BLOCK (C == 1): the program holds whole rows and computes c1, c2 itself; otherwise they
+    come from ``add_norm_bwd_row_terms_kernel``.
+    """
+    pid_g = tl.program_id(0)
+    num_groups = tl.num_programs(0)
+    pid_c = tl.program_id(1)
+    cols = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+        if ZERO_CENTERED:
+            w += 1.0
+    if HAS_DROPOUT:
+        seed = tl.load(Seed)
+    dw_acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+    db_acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+    num_tiles = (M + BLOCK_M - 1) // BLOCK_M
+    for tile in range(pid_g, num_tiles, num_groups):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = rows < M
+        rows64 = rows.to(tl.int64)
+        mask = row_mask[:, None] & col_mask[None, :]
+        dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        s = tl.load(RO + rows64[:, None] * stride_ro + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(Rstd + rows64, mask=row_mask, other=0.0)
+        if IS_RMS:
+            xhat = s * rstd[:, None]
+        else:
+            mean = tl.load(Mean + rows64, mask=row_mask, other=0.0)
+            xhat = tl.where(mask, (s - mean[:, None]) * rstd[:, None], 0.0)
+        if HAS_WEIGHT:
+            wdy = dy * w[None, :]
+        else:
+            wdy = dy
+        if SINGLE_BLOCK:
+            c1 = tl.reduce(xhat * wdy, 1, _sum_combine) / N
+            if not IS_RMS:
+                c2 = tl.reduce(wdy, 1, _sum_combine) / N
+        else:
+            c1 = tl.load(C1 + rows64, mask=row_mask, other=0.0)
+            if not IS_RMS:
+                c2 = tl.load(C2 + rows64, mask=row_mask, other=0.0)
+        if IS_RMS:
+            ds = (wdy - xhat * c1[:, None]) * rstd[:, None]
+        else:
+            ds = (wdy - (xhat * c1[:, None] + c2[:, None])) * rstd[:, None]
+        if HAS_DRO:
+            ds += tl.load(DRO + rows64[:, None] * stride_dro + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if STORE_DR:
+            tl.store(DR + rows64[:, None] * stride_dr + cols[None, :], ds.to(DR.dtype.element_ty), mask=mask)
+        dx = ds
+        if HAS_DROPOUT:
+            keep = _keep_mask(seed, rows64[:, None] * N + cols[None, :], dropout_p)
+            dx = tl.where(keep, ds * dropout_scale, 0.0)
+        tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        if COMPUTE_DW:
+            dw_acc += dy * xhat
+        if COMPUTE_DB:
+            db_acc += dy
+    part_offsets = pid_g.to(tl.int64) * N + cols
+    if COMPUTE_DW:
+        tl.store(DW_part + part_offsets, tl.reduce(dw_acc, 0, _sum_combine), mask=col_mask)
+    if COMPUTE_DB:
+        tl.store(DB_part + part_offsets, tl.reduce(db_acc, 0, _sum_combine), mask=col_mask)
+
+
+@triton.jit
+def sum_partials_kernel(Part, Out, G, N, BLOCK_N: tl.constexpr):
+    """Out[n] = sum over g = 0, 1, ..., G-1 of Part[g, n], in that order (fp32), cast to Out's dtype."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    acc = tl.full([BLOCK_N], 0.0, tl.float32)
+    part_row = Part
+    for _ in range(0, G):
+        acc += tl.load(part_row + cols, mask=col_mask, other=0.0)
+        part_row += N  # pointer arithmetic is 64-bit: no int32 overflow for large G * N
+    tl.store(Out + cols, acc.to(Out.dtype.element_ty), mask=col_mask)
