@@ -166,7 +166,7 @@ def _add_bench(sub) -> None:
         "bench",
         help="benchmark the fused add+norm kernels (arguments go to resnorm.bench)",
         description="Benchmark the add+norm kernels against PyTorch; every argument after 'bench' is "
-        "passed to resnorm.bench (try 'resnorm bench -- --help').",
+        "passed to resnorm.bench ('resnorm bench -- --help' shows its own options).",
         add_help=True,
     )
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for resnorm.bench")
@@ -330,13 +330,22 @@ def _error(message: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``resnorm`` command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and argv[1:2] not in (["-h"], ["--help"]):
+        # everything after "bench" belongs to resnorm.bench, options included
+        return _run(cmd_bench, argparse.Namespace(bench_args=argv[1:]))
     parser = build_parser()
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) and argparse's usage errors (2)
         return int(exc.code or 0) if not isinstance(exc.code, str) else _error(exc.code)
+    return _run(args.func, args)
+
+
+def _run(command, args: argparse.Namespace) -> int:
+    """Run one command, turning bad input into one ``resnorm: error:`` line and exit status 2."""
     try:
-        return int(args.func(args) or 0)
+        return int(command(args) or 0)
     except KeyboardInterrupt:
         print("resnorm: interrupted", file=sys.stderr)
         return 130

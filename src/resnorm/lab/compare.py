@@ -301,7 +301,7 @@ def run_compare(
     ``out_dir`` defaults to ``runs/compare-<YYYYmmdd-HHMMSS>``; an existing non-empty folder is refused
     (``FileExistsError``) unless ``overwrite``. Returns the summary rows and the report's path.
     """
-    from resnorm.lab import report, trainer
+    from resnorm.lab import report
 
     if out_dir is None:
         out_dir = Path("runs") / f"compare-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
@@ -327,6 +327,7 @@ def run_compare(
                  for item in plan],
     }
     _write_json(out_dir / "study.json", study)
+    from resnorm.lab import trainer
 
     iterator = plan
     bar = None

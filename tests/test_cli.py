@@ -1,0 +1,191 @@
+"""The resnorm command: --help everywhere, one-line errors with exit status 2, tiny end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+
+from resnorm.cli import main
+
+COMMANDS = ["compare", "train", "report", "seeds", "bench"]
+TINY_MLP = ["width=16", "batch_size=32", "eval_every=5", "probe_every=5", "log_every=1"]
+
+
+def run_cli(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("resnorm: error:") or "error:" in lines[0]
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_for_every_command(capsys, command):
+    argv = [command, "--help"] if command else ["--help"]
+    code, out, _ = run_cli(capsys, argv)
+    assert code == 0
+    assert out.startswith(f"usage: resnorm {command}".rstrip())
+
+
+def test_compare_help_lists_the_designs_table(capsys):
+    from resnorm.lab.compare import DESIGNS
+
+    _, out, _ = run_cli(capsys, ["compare", "--help"])
+    for design in DESIGNS.values():
+        assert f"{design.name:<11} {design.placement:<10} {design.norm:<9}" in out
+
+
+def test_no_command_is_a_usage_error(capsys):
+    code, _, err = run_cli(capsys, [])
+    assert code == 2 and "usage:" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["train", "nope"], ["'nope'", "residual-mlp", "seed-resnet", "gpt"]),
+        (["train", "residual-mlp", "foo=1"], ["'foo'", "valid keys", "depth"]),
+        (["train", "residual-mlp", "lr=abc"], ["lr", "abc"]),
+        (["train", "residual-mlp", "norm=bogus"], ["bogus", "layernorm", "rmsnorm"]),
+        (["train", "residual-mlp", "placement=sideways"], ["sideways", "rezero"]),
+        (["train", "residual-mlp", "depth=0"], ["depth"]),
+        (["train", "residual-mlp", "missing.yaml"], ["missing.yaml", "not found"]),
+        (["train", "gpt", "--resume"], ["--resume", "--out"]),
+        (["compare", "--designs", "plain,foo"], ["'foo'", "pre-norm", "placement:norm"]),
+        (["compare", "--designs", "pre:nonorm"], ["nonorm", "layernorm"]),
+        (["compare", "--designs", "upside:none"], ["upside", "sandwich"]),
+        (["compare", "--designs", "plain,plain"], ["twice"]),
+        (["compare", "--data", "no-such-dataset"], ["no-such-dataset", "mnist5k", "digits"]),
+        (["compare", "--model", "gpt", "--data", "mnist5k"], ["mnist5k", "text", "stdlib"]),
+        (["compare", "--depths", "4,x"], ["--depths", "'x'"]),
+        (["compare", "--model", "resnet-cifar", "--depths", "10"], ["6n+2", "10"]),
+        (["compare", "--model", "resnet-cifar", "--designs", "rezero"], ["rezero", "resnet-cifar"]),
+        (["compare", "lr=abc"], ["lr", "abc"]),
+        (["compare", "nokey=1"], ["'nokey'", "valid keys"]),
+        (["compare", "notkeyvalue"], ["KEY=VALUE", "notkeyvalue"]),
+        (["seeds", "foo=1"], ["'foo'", "data"]),
+        (["report", "definitely/missing/run"], ["definitely/missing/run"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, needles):
+    code, _, err = run_cli(capsys, argv)
+    assert_one_line_error(code, err, *needles)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["compare", "--model", "transformer"], ["invalid choice", "mlp", "resnet-cifar", "gpt"]),
+        (["compare", "--steps", "0"], ["--steps", "positive integer"]),
+        (["seeds", "--epochs", "-1"], ["--epochs", "positive"]),
+        (["report"], ["RUN_DIR"]),
+        (["frobnicate"], ["invalid choice", "compare"]),
+    ],
+)
+def test_argparse_errors_exit_2(capsys, argv, needles):
+    code, _, err = run_cli(capsys, argv)
+    assert code == 2
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("resnorm") and "error:" in last
+    for needle in needles:
+        assert needle in last
+
+
+def test_report_on_a_folder_without_runs(capsys, tmp_path):
+    code, _, err = run_cli(capsys, ["report", str(tmp_path)])
+    assert_one_line_error(code, err, str(tmp_path), "neither a run folder")
+
+
+def test_compare_refuses_an_existing_out_folder(capsys, tmp_path):
+    (tmp_path / "keep.txt").write_text("precious")
+    code, _, err = run_cli(capsys, ["compare", "--out", str(tmp_path), "--no-progress"])
+    assert_one_line_error(code, err, str(tmp_path), "--overwrite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_bench_missing_module_is_one_line(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "resnorm.bench", None)  # import now fails as if the file were absent
+    code, _, err = run_cli(capsys, ["bench", "--quick"])
+    assert_one_line_error(code, err, "resnorm.bench")
+
+
+def test_bench_forwards_its_arguments(capsys, monkeypatch):
+    seen = []
+    fake = types.ModuleType("resnorm.bench")
+    fake.main = lambda argv: seen.append(argv) or 3
+    monkeypatch.setitem(sys.modules, "resnorm.bench", fake)
+    assert main(["bench", "--sizes", "1024", "--dtype", "bf16"]) == 3
+    assert main(["bench", "--", "--help"]) == 3
+    assert seen == [["--sizes", "1024", "--dtype", "bf16"], ["--help"]]
+
+
+def test_python_dash_m_resnorm_runs_the_cli():
+    proc = subprocess.run([sys.executable, "-m", "resnorm", "train", "nope"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("resnorm: error: unknown model 'nope'")
+    assert proc.stdout == ""
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end (tiny)
+
+
+def test_train_writes_plots_and_report_and_never_overwrites(capsys, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", "residual-mlp", "depth=3", "steps=6", *TINY_MLP, "--out", str(out), "--no-progress"]
+    code, stdout, err = run_cli(capsys, argv)
+    assert code == 0, err
+    assert {"config.yaml", "metrics.jsonl", "report.html", "loss.png", "grad_norm.png", "act_rms.png"} <= {
+        p.name for p in out.iterdir()}
+    assert "report:" in stdout
+    before = (out / "metrics.jsonl").read_bytes()
+    code, _, err = run_cli(capsys, argv)
+    assert_one_line_error(code, err, str(out))
+    assert (out / "metrics.jsonl").read_bytes() == before
+    code, _, err = run_cli(capsys, [*argv, "--overwrite"])
+    assert code == 0, err
+
+
+def test_compare_end_to_end_then_report(capsys, tmp_path):
+    out = tmp_path / "study"
+    argv = ["compare", "--designs", "plain,pre-norm", "--depths", "2,5", "--steps", "12", "--out", str(out),
+            "--seed", "3", "--no-progress", *TINY_MLP]
+    code, stdout, err = run_cli(capsys, argv)
+    assert code == 0, err
+    study = json.loads((out / "study.json").read_text())
+    assert [(r["design"], r["depth"]) for r in study["runs"]] == [
+        ("plain", 2), ("plain", 5), ("pre-norm", 2), ("pre-norm", 5)]
+    table = stdout.split("\nreport:")[0].splitlines()
+    assert [line.split()[:2] for line in table[2:]] == [["plain", "2"], ["plain", "5"], ["pre-norm", "2"],
+                                                        ["pre-norm", "5"]]
+    for run in study["runs"]:
+        run_dir = out / run["dir"]
+        config = (run_dir / "config.yaml").read_text()
+        assert f"depth: {run['depth']}" in config and "steps: 12" in config and "seed: 3" in config
+        assert (run_dir / "grad_norm.png").stat().st_size > 5000
+        probes = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                  if '"probe"' in line]
+        assert probes and all(len(p["grad_norm"]) == run["depth"] for p in probes)
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 * 3 + 4
+    # rebuilt from the folders alone
+    (out / "report.html").unlink()
+    code, stdout, err = run_cli(capsys, ["report", str(out)])
+    assert code == 0, err
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4 * 3 + 4
+    # the study folder is never overwritten without --overwrite
+    code, _, err = run_cli(capsys, argv)
+    assert_one_line_error(code, err, str(out), "--overwrite")
