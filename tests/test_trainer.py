@@ -1,0 +1,315 @@
+"""resnorm.lab.trainer: run folder, exact resume, interruption, divergence, schedules, optimizers."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+import yaml
+
+from resnorm.lab.checkpoint import load_checkpoint, seed_everything
+from resnorm.lab.config import ConfigError, config_for
+from resnorm.lab.schedule import lr_at, total_steps_for
+from resnorm.lab.trainer import (
+    RunResult,
+    build_model,
+    build_optimizer,
+    build_task,
+    config_from_run,
+    load_result,
+    read_metrics,
+    train,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest, and reproducibly, on one intra-op thread (the suite shares 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_mlp(**fields):
+    """residual-mlp on sklearn digits (1,617 train images of 64 pixels): batch 256 -> 6 steps per epoch."""
+    base = dict(data="digits", depth=2, width=16, batch_size=256, steps=12, eval_every=4, log_every=1,
+                probe_every=3, checkpoint_every=0, tensorboard=False, device="cpu")
+    return config_for("residual-mlp", **{**base, **fields})
+
+
+def tiny_gpt(text_path, **fields):
+    base = dict(data=str(text_path), n_layer=2, n_head=2, d_model=16, block_size=16, batch_size=8, steps=8,
+                warmup_steps=2, eval_every=4, eval_batches=2, log_every=1, probe_every=2, checkpoint_every=0,
+                tensorboard=False, device="cpu")
+    return config_for("gpt", **{**base, **fields})
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    words = ["residual", "norm", "layer", "gradient", "stream", "block", "déjà vu"]
+    path.write_text(" ".join(words[(i * 7) % len(words)] for i in range(600)), encoding="utf-8")
+    return path
+
+
+def comparable(records):
+    """Metric records without wall-clock times or bookkeeping events."""
+    out = []
+    for r in records:
+        if r["kind"] == "event":
+            continue
+        out.append({k: v for k, v in r.items() if k != "time_s"})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ run folder
+
+
+def test_run_folder_and_metrics_schema(tmp_path):
+    config = tiny_mlp()
+    result = train(config, tmp_path / "run", progress=False)
+    assert isinstance(result, RunResult) and result.status == "completed" and result.steps == 12
+    assert result.diverged_step is None and result.out_dir == tmp_path / "run"
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "result.json"):
+        assert (tmp_path / "run" / name).is_file()
+    assert config_from_run(tmp_path / "run") == config
+    assert load_result(tmp_path / "run") == result
+
+    train_records = read_metrics(tmp_path / "run", "train")
+    assert [r["step"] for r in train_records] == list(range(1, 13))
+    assert set(train_records[0]) == {"kind", "step", "epoch", "loss", "lr", "grad_norm", "spike", "time_s"}
+    assert train_records[5]["epoch"] == pytest.approx(1.0)  # 6 steps per epoch
+    val = read_metrics(tmp_path / "run", "val")
+    assert [r["step"] for r in val] == [4, 8, 12] and all(0 <= r["acc"] <= 1 for r in val)
+    probes = read_metrics(tmp_path / "run", "probe")
+    assert [r["step"] for r in probes] == [1, 3, 6, 9, 12]
+    assert probes[0]["block_names"] == ["blocks.0", "blocks.1"] and len(probes[0]["grad_norm"]) == 2
+    assert "attn_entropy" not in probes[0]
+    # final: the mean of the last (<= 50) training losses, the last evaluation, the mean grad ratio
+    losses = [r["loss"] for r in train_records]
+    assert result.final["train_loss"] == pytest.approx(sum(losses) / len(losses))
+    assert result.final["val_loss"] == val[-1]["loss"] and result.final["val_acc"] == val[-1]["acc"]
+    ratios = [p["grad_norm"][0] / p["grad_norm"][-1] for p in probes]
+    assert result.grad_ratio == pytest.approx(sum(ratios) / len(ratios))
+    assert losses[-1] < losses[0]  # it learns
+
+
+def test_nonempty_folder_needs_resume_or_overwrite(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"resume=True.*overwrite=True"):
+        train(tiny_mlp(steps=2), tmp_path / "run", progress=False)
+    result = train(tiny_mlp(steps=2), tmp_path / "run", overwrite=True, progress=False)
+    assert result.status == "completed" and (tmp_path / "run" / "notes.txt").is_file()
+
+
+def test_same_seed_same_run_different_seed_different_run(tmp_path):
+    a = train(tiny_mlp(steps=4, probe_every=0), tmp_path / "a", progress=False)
+    b = train(tiny_mlp(steps=4, probe_every=0), tmp_path / "b", progress=False)
+    c = train(tiny_mlp(steps=4, probe_every=0, seed=1), tmp_path / "c", progress=False)
+    assert comparable(read_metrics(a.out_dir)) == comparable(read_metrics(b.out_dir))
+    assert comparable(read_metrics(a.out_dir)) != comparable(read_metrics(c.out_dir))
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+
+def stop_at(step_to_stop):
+    def on_step(step):
+        if step == step_to_stop:
+            raise KeyboardInterrupt
+    return on_step
+
+
+def test_resume_two_epochs_equals_one_plus_one(tmp_path):
+    """2 epochs straight == 1 epoch, interrupted, resumed for the 2nd epoch: metric for metric (cosine with
+    warm-up, so the scheduler position must survive; probes, so their accumulators must too)."""
+    config = tiny_mlp(epochs=2.0, warmup_steps=3, schedule="cosine", checkpoint_every=5)
+    straight = train(config, tmp_path / "straight", progress=False)
+    first = train(config, tmp_path / "split", progress=False, on_step=stop_at(6))
+    assert first.status == "interrupted" and first.steps == 6
+    assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 6
+    events = read_metrics(tmp_path / "split", "event")
+    assert events[-1]["event"] == "checkpoint" and any(e["event"] == "interrupted" for e in events)
+    second = train(config, tmp_path / "split", resume=True, progress=False)
+    assert second.status == "completed" and second.steps == straight.steps == 12
+    assert comparable(read_metrics(tmp_path / "split")) == comparable(read_metrics(tmp_path / "straight"))
+    assert second.final == straight.final and second.grad_ratio == straight.grad_ratio
+    assert "resumed" in [e["event"] for e in read_metrics(tmp_path / "split", "event")]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_extends_a_finished_run(tmp_path):
+    """Constant lr: a 1-epoch run, then resume with epochs=2, equals a 2-epoch run."""
+    config = tiny_mlp(schedule="constant", probe_every=0, eval_every=3)
+    straight = train(config.replace(epochs=2.0), tmp_path / "straight", progress=False)
+    train(config.replace(epochs=1.0), tmp_path / "split", progress=False)
+    extended = train(config.replace(epochs=2.0), tmp_path / "split", resume=True, progress=False)
+    assert extended.steps == 12
+    # the 1-epoch run evaluated at its end (step 6) too, which eval_every=3 also does: same records
+    assert comparable(read_metrics(tmp_path / "split")) == comparable(read_metrics(straight.out_dir))
+
+
+def test_resume_gpt_with_dropout_is_exact(tmp_path, text_file):
+    """Dropout draws from the global RNG: its state must be in the checkpoint."""
+    config = tiny_gpt(text_file, dropout=0.2)
+    straight = train(config, tmp_path / "straight", progress=False)
+    train(config, tmp_path / "split", progress=False, on_step=stop_at(3))
+    train(config, tmp_path / "split", resume=True, progress=False)
+    assert comparable(read_metrics(tmp_path / "split")) == comparable(read_metrics(straight.out_dir))
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    train(tiny_mlp(steps=2), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="depth"):
+        train(tiny_mlp(steps=4, depth=3), tmp_path / "run", resume=True, progress=False)
+
+
+def test_sigint_finishes_the_step_and_saves(tmp_path):
+    def on_step(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+
+    result = train(tiny_mlp(), tmp_path / "run", progress=False, on_step=on_step)
+    assert result.status == "interrupted" and result.steps == 3
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+# ------------------------------------------------------------------------------------------ divergence
+
+
+def test_divergence_from_huge_learning_rate(tmp_path):
+    config = tiny_mlp(optimizer="sgd", lr=1e6, momentum=0.0, steps=50, checkpoint_every=1, probe_every=1)
+    result = train(config, tmp_path / "run", progress=False)
+    assert result.status == "diverged" and result.diverged_step is not None
+    assert result.steps == result.diverged_step - 1
+    train_records = read_metrics(tmp_path / "run", "train")
+    assert [r["step"] for r in train_records] == list(range(1, result.diverged_step + 1))
+    last = train_records[-1]
+    assert not (math.isfinite(last["loss"]) and math.isfinite(last["grad_norm"]))
+    events = read_metrics(tmp_path / "run", "event")
+    assert any(e["event"] == "diverged" and e["step"] == result.diverged_step for e in events)
+    if (tmp_path / "run" / "checkpoint.pt").is_file():  # whatever checkpoint is there holds finite weights
+        state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+        assert state["step"] < result.diverged_step
+        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert load_result(tmp_path / "run").status == "diverged"
+
+
+def test_divergence_from_injected_inf_keeps_last_good_checkpoint(tmp_path):
+    config = tiny_mlp(checkpoint_every=2, probe_every=0)
+    holder = {}
+
+    def on_step(step):
+        if step == 4:  # after step 4's checkpoint, poison one weight
+            holder["checkpoint"] = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+            model_weight = holder["model"].blocks[0].branch.fc1.weight
+            with torch.no_grad():
+                model_weight[0, 0] = float("inf")
+
+    import resnorm.lab.trainer as trainer_module
+
+    original = trainer_module.build_model
+
+    def capture(config, task):
+        holder["model"] = original(config, task)
+        return holder["model"]
+
+    trainer_module.build_model = capture
+    try:
+        result = train(config, tmp_path / "run", progress=False, on_step=on_step)
+    finally:
+        trainer_module.build_model = original
+    assert result.status == "diverged" and result.diverged_step == 5 and result.steps == 4
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 4 and holder["checkpoint"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2, 3, 4, 5]
+
+
+# ------------------------------------------------------------------------------------ schedule, optimizers
+
+
+def test_lr_schedules_against_formulas():
+    cfg = config_for("gpt", lr=1.0, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
+    assert lr_at(0, cfg, 110) == pytest.approx(0.1) and lr_at(9, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(10, cfg, 110) == pytest.approx(1.0)
+    assert lr_at(60, cfg, 110) == pytest.approx(0.1 + 0.9 * 0.5)  # half way: cos(pi/2) = 0
+    assert lr_at(110, cfg, 110) == pytest.approx(0.1)
+    step_cfg = cfg.replace(schedule="step", warmup_steps=0)
+    assert [lr_at(s, step_cfg, 100) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    assert lr_at(50, cfg.replace(schedule="constant"), 100) == 1.0
+    assert total_steps_for(cfg.replace(epochs=1.5), 10) == 15 and total_steps_for(cfg, 10) == cfg.steps
+
+
+def test_optimizers_and_param_groups():
+    config = tiny_mlp()
+    seed_everything(0)
+    task = build_task(config, torch.device("cpu"))
+    model = build_model(config, task)
+    adamw = build_optimizer(config.replace(optimizer="adamw", weight_decay=0.1), model)
+    assert isinstance(adamw, torch.optim.AdamW)
+    decayed = {id(p) for p in adamw.param_groups[0]["params"]}
+    assert adamw.param_groups[0]["weight_decay"] == 0.1 and adamw.param_groups[1]["weight_decay"] == 0.0
+    assert all((p.dim() >= 2) == (id(p) in decayed) for p in model.parameters())
+    sgd = build_optimizer(config.replace(optimizer="sgd", momentum=0.8), model)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.8
+    assert isinstance(build_optimizer(config, model), torch.optim.Adam)
+
+
+def test_grad_clip_caps_the_update(tmp_path):
+    """One SGD step (no momentum) with clipping at c moves the weights by exactly lr * c."""
+    config = tiny_mlp(optimizer="sgd", momentum=0.0, lr=0.5, grad_clip=1e-3, steps=1, probe_every=0)
+    seed_everything(config.seed)
+    initial = build_model(config, build_task(config, torch.device("cpu")))
+    train(config, tmp_path / "run", progress=False)
+    after = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["model"]
+    before = initial.state_dict()
+    delta = torch.sqrt(sum(((after[k] - before[k]).double() ** 2).sum() for k in before
+                           if before[k].is_floating_point()))
+    logged = read_metrics(tmp_path / "run", "train")[0]["grad_norm"]
+    assert logged > 1e-3  # the pre-clip norm is what is logged
+    assert float(delta) == pytest.approx(0.5 * 1e-3, rel=1e-4)
+
+
+# ----------------------------------------------------------------------------------------- other models
+
+
+def test_gpt_run_records_attention_entropy(tmp_path, text_file):
+    result = train(tiny_gpt(text_file), tmp_path / "run", progress=False)
+    assert result.status == "completed" and result.final["val_acc"] is None
+    assert result.final["val_loss"] is not None
+    probes = read_metrics(tmp_path / "run", "probe")
+    assert len(probes[0]["attn_entropy"]) == 2
+    # entropy of a causal softmax over <= T keys: between 0 and the mean of log(t), t = 1..T
+    upper = sum(math.log(t) for t in range(1, 17)) / 16
+    assert all(0 <= h <= upper + 1e-4 for p in probes for h in p["attn_entropy"])
+    assert read_metrics(tmp_path / "run", "val")[0]["acc"] is None
+
+
+def test_bf16_autocast_on_cpu_and_tensorboard(tmp_path):
+    result = train(tiny_mlp(steps=2, amp="bf16", tensorboard=True), tmp_path / "run", progress=False)
+    assert result.status == "completed" and math.isfinite(result.final["val_loss"])
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "run" / "tb").iterdir())
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["amp"] == "bf16"
+
+
+@pytest.mark.parametrize(("model", "fields"), [("seed-resnet", {}), ("resnet-cifar", {"depth": 8}),
+                                               ("seed-mlp", {"epochs": None})])
+def test_every_image_model_trains_a_step(tmp_path, model, fields):
+    config = config_for(model, **{**dict(data="digits", steps=1, batch_size=8, eval_every=0, probe_every=1,
+                                        tensorboard=False, device="cpu", val_fraction=0.02), **fields})
+    result = train(config, tmp_path / "run", progress=False)
+    assert result.status == "completed" and math.isfinite(result.final["val_loss"])
+    probe = read_metrics(tmp_path / "run", "probe")[0]
+    assert len(probe["grad_norm"]) >= 2 and all(v > 0 for v in probe["grad_norm"])
