@@ -123,7 +123,7 @@ def test_trainer_probe_at_step_one_matches_hand_computation(tmp_path):
     assert record["update_ratio"] == pytest.approx(ratios, rel=1e-3)
     train_record = read_metrics(tmp_path / "run", "train")[0]
     assert train_record["grad_norm"] == pytest.approx(record["global_grad_norm"])
-    assert train_record["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert train_record["loss"] == pytest.approx(loss.item(), rel=1e-5)
 
 
 def test_gpt_probe_turns_entropy_on_only_for_the_probe_step():
