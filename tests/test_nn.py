@@ -25,6 +25,15 @@ from resnorm.nn import (
 ATOL, RTOL = 1e-5, 1e-5
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread, and far faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _randomize_(module: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -379,4 +388,6 @@ def test_make_norm_channels_first_wraps_per_position_norms_and_passes_eps():
         assert isinstance(make_norm(name, 4, channels_first=True), ChannelsFirst)
     assert make_norm("layernorm", 4, eps=1e-3).eps == 1e-3
     assert make_norm("batchnorm", 4, eps=1e-3).eps == 1e-3
-    assert make_norm("groupnorm", 64).num_groups == 32
+    assert make_norm("groupnorm", 64).num_groups == 4  # 16 channels per group
+    assert make_norm("groupnorm", 1024).num_groups == 32
+    assert make_norm("groupnorm", 16).num_groups == 1

@@ -17,6 +17,7 @@ from resnorm.nn.norms import (
     LayerNorm,
     RMSNorm,
     ScaleNorm,
+    default_num_groups,
     make_norm,
 )
 from resnorm.nn.residual import (
@@ -39,6 +40,7 @@ __all__ = [
     "GroupNorm",
     "ChannelsFirst",
     "make_norm",
+    "default_num_groups",
     "NORMS",
     "FUSABLE_NORMS",
     "Residual",

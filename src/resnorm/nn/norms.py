@@ -30,6 +30,7 @@ __all__ = [
     "GroupNorm",
     "ChannelsFirst",
     "make_norm",
+    "default_num_groups",
     "NORMS",
     "FUSABLE_NORMS",
 ]
@@ -386,8 +387,11 @@ class ChannelsFirst(nn.Module):
 
 
 def default_num_groups(dim: int) -> int:
-    """GroupNorm groups used by ``make_norm``: ``gcd(dim, 32)`` (32 groups is Wu & He's default)."""
-    return math.gcd(dim, 32)
+    """GroupNorm groups used by ``make_norm``: the largest divisor of ``dim`` that is at most 32 (Wu &
+    He 2018's default G) and leaves at least 16 channels per group (their other good setting), else 1.
+    Groups of one or two channels would zero or binarize a per-position (token) GroupNorm."""
+    limit = min(32, dim // 16)
+    return max((g for g in range(1, limit + 1) if dim % g == 0), default=1)
 
 
 def make_norm(
@@ -405,7 +409,7 @@ def make_norm(
     ``channels_first=False`` (default): features are the last dim — ``(N, C)``, ``(N, L, C)``.
     ``channels_first=True``: features are dim 1 — conv maps ``(N, C, H, W)``. ``eps=None`` keeps
     each norm's default (layernorm/batchnorm/groupnorm 1e-5, rmsnorm ``finfo(dtype).eps`` as torch,
-    scalenorm 1e-5; DyT has no eps). ``num_groups`` (groupnorm) defaults to ``gcd(dim, 32)``.
+    scalenorm 1e-5; DyT has no eps). ``num_groups`` (groupnorm) defaults to ``default_num_groups(dim)``.
     ``"none"`` gives ``nn.Identity``.
     """
     if not isinstance(name, str) or name not in NORMS:
