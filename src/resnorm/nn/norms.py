@@ -98,10 +98,13 @@ class _AddNormBase(nn.Module):
             self._flat(getattr(self, "bias", None)),
             kind=self._kind,
             eps=self._eps_for(x),
-            prenorm=True,
+            prenorm=prenorm,
         )
-        y, s = (out[0], out[1]) if k == 1 else (out[0].reshape(x.shape), out[1].reshape(x.shape))
-        return (y, s) if prenorm else y
+        if k == 1:
+            return out
+        if prenorm:
+            return out[0].reshape(x.shape), out[1].reshape(x.shape)
+        return out.reshape(x.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_add(x)
