@@ -370,9 +370,27 @@ def test_groupnorm_against_torch_and_per_position_formula():
     torch.testing.assert_close(y3, ((groups - mu) / torch.sqrt(var + 1e-5)).reshape(2, 5, 8))
 
 
+@pytest.mark.parametrize("name", ["batchnorm", "groupnorm"])
+def test_batch_and_group_norm_pick_the_channel_dim_by_rank_by_default(name):
+    C = 8
+    images = torch.randn(3, C, 5, C)  # W == C: only the rank tells the layout
+    tokens = torch.randn(3, C, C)  # (N, L, C) with L == C
+    auto, first, last = (
+        make_norm(name, C, num_groups=2, channels_first=flag) for flag in (None, True, False)
+    )
+    torch.testing.assert_close(auto(images), first(images))
+    torch.testing.assert_close(auto(tokens), last(tokens))
+    torch.testing.assert_close(auto(tokens[:, 0]), last(tokens[:, 0]))
+    assert not torch.allclose(first(images), last(images))
+    torch.testing.assert_close(
+        make_norm(name, C, num_groups=2)(images),
+        torch.nn.BatchNorm2d(C)(images) if name == "batchnorm" else torch.nn.GroupNorm(2, C)(images),
+    )
+
+
 def test_layout_errors_name_the_expected_channels():
     with pytest.raises(ValueError, match="channels"):
-        make_norm("batchnorm", 8)(torch.randn(2, 8, 4, 4))  # channels-last flag on an NCHW map
+        make_norm("batchnorm", 8, channels_first=False)(torch.randn(2, 8, 4, 4))  # NCHW map read as NHWC
     with pytest.raises(ValueError, match="channels"):
         make_norm("groupnorm", 8, channels_first=True)(torch.randn(2, 5, 8))
     with pytest.raises(ValueError, match=">= 2 dims"):

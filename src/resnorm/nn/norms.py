@@ -4,9 +4,10 @@ layout-aware BatchNorm / GroupNorm, and ``make_norm`` to build any of them by na
 Layouts. A "per-position" norm (layernorm, rmsnorm, dyt, scalenorm) works on the last dimension;
 wrap it in ``ChannelsFirst`` (``make_norm(..., channels_first=True)``) to normalize the channel
 dimension of a conv feature map ``(N, C, H, W)``. BatchNorm and GroupNorm here take the same flag:
-``channels_first=False`` means the channel dimension is the last one (``(N, C)``, ``(N, L, C)``,
-``(N, H, W, C)``), ``channels_first=True`` means it is dimension 1 (``(N, C)``, ``(N, C, L)``,
-``(N, C, H, W)``).
+``channels_first=False``: the channel dimension is the last one (``(N, C)``, ``(N, L, C)``,
+``(N, H, W, C)``); ``True``: it is dimension 1 (``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``);
+``None`` (their default): by rank — dim 1 for 4-D and larger inputs (conv maps, torch's convention),
+the last dim for 2-D and 3-D inputs (features ``(N, C)`` and tokens ``(N, L, C)``).
 """
 
 from __future__ import annotations
@@ -300,9 +301,11 @@ class ScaleNorm(nn.Module):
         return f"{self.dim}, eps={self.eps}"
 
 
-def _channel_dim(x: torch.Tensor, channels_first: bool, expected: int, who: str) -> int:
+def _channel_dim(x: torch.Tensor, channels_first: bool | None, expected: int, who: str) -> int:
     if x.dim() < 2:
         raise ValueError(f"{who} needs a (batch, channel, ...) input of >= 2 dims; got {tuple(x.shape)}")
+    if channels_first is None:  # by rank: conv maps (N, C, H, W[, D]) vs features / tokens (N, [L,] C)
+        channels_first = x.dim() >= 4
     dim = 1 if channels_first else x.dim() - 1
     if x.shape[dim] != expected:
         layout = "(N, C, *)" if channels_first else "(N, *, C)"
@@ -316,8 +319,9 @@ def _channel_dim(x: torch.Tensor, channels_first: bool, expected: int, who: str)
 class BatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm (Ioffe & Szegedy 2015) for any input rank: per-channel statistics over the batch
     and every other dim. Same arguments, parameters and buffers as ``torch.nn.BatchNorm1d/2d`` (state
-    dicts load both ways), plus ``channels_first``: if False (default) the channel dim is the last
-    one, so ``(N, L, C)`` is normalized like ``BatchNorm1d`` on ``x.transpose(1, 2)``."""
+    dicts load both ways), plus ``channels_first``: True: channels in dim 1; False: in the last dim,
+    so ``(N, L, C)`` is normalized like ``BatchNorm1d`` on ``x.transpose(1, 2)``; None (default): by
+    rank, dim 1 for 4-D+ inputs (``(N, C, H, W)`` like ``BatchNorm2d``), else the last dim."""
 
     def __init__(
         self,
@@ -329,7 +333,7 @@ class BatchNorm(nn.modules.batchnorm._BatchNorm):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        channels_first: bool = False,
+        channels_first: bool | None = None,
     ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.channels_first = channels_first
@@ -348,9 +352,10 @@ class GroupNorm(nn.GroupNorm):
     """GroupNorm (Wu & He 2018): channels split into ``num_groups`` groups, each normalized per sample.
 
     ``channels_first=True``: exactly ``torch.nn.GroupNorm`` on ``(N, C, *)`` (statistics over the
-    group's channels and all spatial positions). ``channels_first=False`` (default, token layout
+    group's channels and all spatial positions). ``channels_first=False`` (token layout
     ``(N, *, C)``): statistics per sample, per position and per group, as in per-head GroupNorm of
     sequence models (RetNet) — no mixing across positions, so it stays causal. Both agree on ``(N, C)``.
+    ``None`` (default): by rank, channels first for 4-D+ inputs, else channels last.
     """
 
     def __init__(
@@ -362,7 +367,7 @@ class GroupNorm(nn.GroupNorm):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         *,
-        channels_first: bool = False,
+        channels_first: bool | None = None,
     ) -> None:
         if num_channels % num_groups != 0:
             raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups ({num_groups})")
@@ -402,15 +407,17 @@ def make_norm(
     dim: int,
     *,
     eps: float | None = None,
-    channels_first: bool = False,
+    channels_first: bool | None = None,
     num_groups: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Build a norm over ``dim`` features by name (one of ``NORMS``).
 
-    ``channels_first=False`` (default): features are the last dim — ``(N, C)``, ``(N, L, C)``.
-    ``channels_first=True``: features are dim 1 — conv maps ``(N, C, H, W)``. ``eps=None`` keeps
+    ``channels_first=False``: features are the last dim — ``(N, C)``, ``(N, L, C)``.
+    ``channels_first=True``: features are dim 1 — conv maps ``(N, C, H, W)``.
+    ``channels_first=None`` (default): the last dim for layernorm, rmsnorm, dyt and scalenorm; by
+    rank for batchnorm and groupnorm (dim 1 for 4-D+ inputs, else the last dim). ``eps=None`` keeps
     each norm's default (layernorm/batchnorm/groupnorm 1e-5, rmsnorm ``finfo(dtype).eps`` as torch,
     scalenorm 1e-5; DyT has no eps). ``num_groups`` (groupnorm) defaults to ``default_num_groups(dim)``.
     ``"none"`` gives ``nn.Identity``.
