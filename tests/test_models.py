@@ -342,3 +342,27 @@ def test_gpt_validation():
         model(torch.zeros(1, 17, dtype=torch.long))
     with pytest.raises(TypeError, match="idx"):
         model(torch.zeros(1, 4))
+
+
+def test_constructor_and_generate_validation():
+    from resnorm.models import SeedMLPStage
+
+    with pytest.raises(ValueError, match="num_classes"):
+        seed_resnet(num_classes=0)
+    with pytest.raises(TypeError, match="in_channels"):
+        seed_resnet(in_channels=3.0)
+    with pytest.raises(ValueError, match="hidden"):
+        seed_mlp(hidden=0)
+    with pytest.raises(ValueError, match="equal in/out"):
+        SeedMLPStage(4, 8, residual=True)
+    with pytest.raises(ValueError, match="width"):
+        residual_mlp(2, 0, 4, 2)
+    with pytest.raises(ValueError, match="norm"):
+        residual_mlp(2, 8, 4, 2, norm="weightnorm")
+    model = GPT(small_config())
+    idx = torch.zeros(1, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(idx, 2, top_k=0)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.generate(idx, -1)
+    assert torch.equal(model.generate(idx, 0), idx)
