@@ -222,7 +222,7 @@ def forward(
         IS_RMS=is_rms, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
         HAS_BIAS=bias is not None, ZERO_CENTERED=zero_centered_weight, HAS_DROPOUT=has_dropout,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block,
-        num_warps=cfg.num_warps,
+        SOFT_BF16=x.device.type != "cuda", num_warps=cfg.num_warps,
     )
     return y, residual_out, mean, rstd
 
@@ -235,8 +235,8 @@ def _sum_partials(kernels: ModuleType, partial: torch.Tensor, dtype: torch.dtype
     groups, n = partial.shape
     out = torch.empty(n, dtype=dtype, device=partial.device)
     block_n = min(1024, _next_pow2(n))
-    kernels.sum_partials_kernel[(triton_cdiv(n, block_n),)](partial, out, groups, n, BLOCK_N=block_n,
-                                                              num_warps=4)
+    kernels.sum_partials_kernel[(triton_cdiv(n, block_n),)](
+        partial, out, groups, n, BLOCK_N=block_n, SOFT_BF16=partial.device.type != "cuda", num_warps=4)
     return out
 
 
@@ -250,6 +250,7 @@ def backward(
     seed: torch.Tensor | None,
     *,
     kind: str,
+    eps: float,
     zero_centered_weight: bool,
     dropout_p: float,
     x_dtype: torch.dtype,
@@ -283,18 +284,20 @@ def backward(
     dr2 = dr.view(m, n) if dr is not None else dx2
     cfg = backward_config(m, n, device)
     kernels = kernels_for(device)
+    # residual_out rounded below fp32: use the statistics of the stored s (see the kernels' docstrings)
+    recompute_stats = residual_out.dtype != torch.float32
     mean_arg = mean if not is_rms else rstd
     if cfg.single_block:
         c1 = c2 = rstd
     else:
-        c1 = torch.empty(m, dtype=torch.float32, device=device)
-        c2 = torch.empty(m, dtype=torch.float32, device=device)
+        c1, c2, mean_bwd, rstd_bwd = torch.empty((4, m), dtype=torch.float32, device=device).unbind(0)
         kernels.add_norm_bwd_row_terms_kernel[(m,)](
-            dy2, ro2, weight if weight is not None else ro2, mean_arg, rstd, c1, c2,
-            dy2.stride(0), ro2.stride(0), m, n,
+            dy2, ro2, weight if weight is not None else ro2, mean_arg, rstd, mean_bwd, rstd_bwd, c1, c2,
+            dy2.stride(0), ro2.stride(0), m, n, float(eps),
             IS_RMS=is_rms, HAS_WEIGHT=weight is not None, ZERO_CENTERED=zero_centered_weight,
-            BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            RECOMPUTE_STATS=recompute_stats, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
         )
+        mean_arg, rstd = mean_bwd, rstd_bwd
     compute_dw = weight_grad
     compute_db = bias_grad_dtype is not None
     dw_part = torch.empty((cfg.groups, n), dtype=torch.float32, device=device) if compute_dw else rstd
@@ -303,12 +306,12 @@ def backward(
         dy2, dro2, ro2, weight if weight is not None else ro2, mean_arg, rstd, c1, c2,
         seed if has_dropout else rstd, dx2, dr2, dw_part, db_part,
         dy2.stride(0), dro2.stride(0), ro2.stride(0), dx2.stride(0), dr2.stride(0),
-        m, n, float(dropout_p), 1.0 / (1.0 - dropout_p),
+        m, n, float(eps), float(dropout_p), 1.0 / (1.0 - dropout_p),
         IS_RMS=is_rms, HAS_DRO=d_residual_out is not None, HAS_WEIGHT=weight is not None,
         ZERO_CENTERED=zero_centered_weight, HAS_DROPOUT=has_dropout, STORE_DR=store_dr,
-        COMPUTE_DW=compute_dw, COMPUTE_DB=compute_db,
+        COMPUTE_DW=compute_dw, COMPUTE_DB=compute_db, RECOMPUTE_STATS=recompute_stats,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block,
-        num_warps=cfg.num_warps,
+        SOFT_BF16=device.type != "cuda", num_warps=cfg.num_warps,
     )
     dw = _sum_partials(kernels, dw_part, weight_dtype) if compute_dw else None
     db = _sum_partials(kernels, db_part, bias_grad_dtype) if compute_db else None

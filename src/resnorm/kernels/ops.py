@@ -62,6 +62,7 @@ def add_norm_bwd(
     rstd: Tensor,
     seed: Tensor | None,
     kind: str,
+    eps: float,
     zero_centered_weight: bool,
     dropout_p: float,
     x_dtype: torch.dtype,
@@ -72,7 +73,7 @@ def add_norm_bwd(
     """Fused backward: ``(dx, d_residual, d_weight, d_bias)``; a gradient that is not computed comes
     back as an empty tensor (``d_residual`` too when it equals ``dx``)."""
     dx, dr, dw, db = launch.backward(
-        dy, d_residual_out, residual_out, weight, mean, rstd, seed, kind=kind,
+        dy, d_residual_out, residual_out, weight, mean, rstd, seed, kind=kind, eps=eps,
         zero_centered_weight=zero_centered_weight, dropout_p=dropout_p, x_dtype=x_dtype,
         residual_grad_dtype=residual_grad_dtype, weight_grad=weight_grad, bias_grad_dtype=bias_grad_dtype)
     empty = dy.new_empty((0,), dtype=x_dtype)
@@ -81,8 +82,8 @@ def add_norm_bwd(
 
 
 @add_norm_bwd.register_fake
-def _add_norm_bwd_fake(dy, d_residual_out, residual_out, weight, mean, rstd, seed, kind, zero_centered_weight,
-                       dropout_p, x_dtype, residual_grad_dtype, weight_grad, bias_grad_dtype):
+def _add_norm_bwd_fake(dy, d_residual_out, residual_out, weight, mean, rstd, seed, kind, eps,
+                       zero_centered_weight, dropout_p, x_dtype, residual_grad_dtype, weight_grad, bias_grad_dtype):
     n = residual_out.shape[-1]
     dx = dy.new_empty(residual_out.shape, dtype=x_dtype)
     if _stores_d_residual(residual_grad_dtype is not None, dropout_p, x_dtype, residual_grad_dtype):
@@ -100,6 +101,7 @@ def _setup_context(ctx, inputs, output) -> None:
     _, residual_out, mean, rstd = output
     ctx.save_for_backward(residual_out, weight, mean, rstd, seed)
     ctx.kind = kind
+    ctx.eps = eps
     ctx.zero_centered_weight = zero_centered_weight
     ctx.dropout_p = dropout_p
     ctx.x_dtype = x.dtype
@@ -117,7 +119,7 @@ def _backward(ctx, dy, d_residual_out, _d_mean, _d_rstd):
     bias_grad_dtype = ctx.bias_dtype if needs[3] else None
     residual_grad_dtype = ctx.residual_grad_dtype if needs[1] else None
     dx, dr, dw, db = torch.ops.resnorm.add_norm_bwd(
-        dy, d_residual_out, residual_out, weight, mean, rstd, seed, ctx.kind, ctx.zero_centered_weight,
+        dy, d_residual_out, residual_out, weight, mean, rstd, seed, ctx.kind, ctx.eps, ctx.zero_centered_weight,
         ctx.dropout_p, ctx.x_dtype, residual_grad_dtype, weight_grad, bias_grad_dtype)
     d_residual = None
     if residual_grad_dtype is not None:

@@ -32,6 +32,18 @@ _sum_combine = tl.standard._sum_combine
 
 
 @triton.jit
+def _cast(x, DTYPE: tl.constexpr, SOFT_BF16: tl.constexpr):
+    """x.to(DTYPE), rounding to nearest even. SOFT_BF16 (the interpreter, whose fp32 -> bf16 cast
+    truncates) does the bf16 rounding on the bits; compiled kernels use the hardware conversion."""
+    if SOFT_BF16 and DTYPE == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = bits + (((bits >> 16) & 1) + 0x7FFF)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(DTYPE)
+
+
+@triton.jit
 def _keep_mask(seed, offsets, dropout_p):
     """Dropout's keep mask: u >= p with u uniform in [0, 1) from Philox4x32-10 (Salmon et al. 2011)
     keyed by the 64-bit seed, counter = the element's logical int64 offset (row * N + col)."""
@@ -63,7 +75,7 @@ def add_norm_fwd_kernel(
     M, N, eps, dropout_p, dropout_scale,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     ZERO_CENTERED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr, SOFT_BF16: tl.constexpr,
 ):
     """One program per tile of BLOCK_M rows. SINGLE_BLOCK: the whole row fits in BLOCK_N columns.
 
@@ -88,7 +100,7 @@ def add_norm_fwd_kernel(
             s = tl.where(keep, s * dropout_scale, 0.0)
         if HAS_RESIDUAL:
             s += tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(RO + rows64[:, None] * stride_ro + cols[None, :], s.to(RO.dtype.element_ty), mask=mask)
+        tl.store(RO + rows64[:, None] * stride_ro + cols[None, :], _cast(s, RO.dtype.element_ty, SOFT_BF16), mask=mask)
         if IS_RMS:
             xc = s
         else:
@@ -106,7 +118,7 @@ def add_norm_fwd_kernel(
             y = y * w[None, :]
         if HAS_BIAS:
             y += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-        tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(Y + rows64[:, None] * stride_y + cols[None, :], _cast(y, Y.dtype.element_ty, SOFT_BF16), mask=mask)
     else:
         # wide rows: BLOCK_M == 1, `rows` has one element
         x_row = X + rows64 * stride_x
@@ -125,7 +137,7 @@ def add_norm_fwd_kernel(
                 s = tl.where(keep, s * dropout_scale, 0.0)
             if HAS_RESIDUAL:
                 s += tl.load(r_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            tl.store(ro_row[:, None] + cols[None, :], s.to(RO.dtype.element_ty), mask=mask)
+            tl.store(ro_row[:, None] + cols[None, :], _cast(s, RO.dtype.element_ty, SOFT_BF16), mask=mask)
             if IS_RMS:
                 acc_m2 += s * s
             else:
@@ -161,60 +173,83 @@ def add_norm_fwd_kernel(
                 y = y * w[None, :]
             if HAS_BIAS:
                 y += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_row[:, None] + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+            tl.store(y_row[:, None] + cols[None, :], _cast(y, Y.dtype.element_ty, SOFT_BF16), mask=mask)
 
 
 @triton.jit
 def add_norm_bwd_row_terms_kernel(
-    DY, RO, W, Mean, Rstd, C1, C2,
+    DY, RO, W, Mean, Rstd, MeanOut, RstdOut, C1, C2,
     stride_dy, stride_ro,
-    M, N,
-    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, ZERO_CENTERED: tl.constexpr,
+    M, N, eps,
+    IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, ZERO_CENTERED: tl.constexpr, RECOMPUTE_STATS: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Wide rows only: the per-row terms c1 = mean(xhat * w * dy) and c2 = mean(w * dy), one program
-    per row, looping over column blocks (fixed order: deterministic)."""
+    """Wide rows only, one program per row looping over column blocks (fixed order: deterministic):
+    the row terms c1 = mean(xhat * w * dy) and c2 = mean(w * dy), and the statistics the backward
+    uses (MeanOut, RstdOut).
+
+    RECOMPUTE_STATS (residual_out stored below fp32): mean and rstd of the stored, rounded s, so that
+    xhat is exactly centred and normalized (the gradient at the point that was saved). The sums are
+    taken around the forward's mean (d = s - mean_fwd, small), which keeps them accurate.
+    """
     row = tl.program_id(0).to(tl.int64)
     rstd = tl.load(Rstd + row)
     if IS_RMS:
-        mean = 0.0
+        mean_fwd = 0.0
     else:
-        mean = tl.load(Mean + row)
-    acc1 = tl.full([BLOCK_N], 0.0, tl.float32)
-    acc2 = tl.full([BLOCK_N], 0.0, tl.float32)
+        mean_fwd = tl.load(Mean + row)
+    acc_d = tl.full([BLOCK_N], 0.0, tl.float32)
+    acc_dd = tl.full([BLOCK_N], 0.0, tl.float32)
+    acc_dwdy = tl.full([BLOCK_N], 0.0, tl.float32)
+    acc_wdy = tl.full([BLOCK_N], 0.0, tl.float32)
     for start in range(0, N, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_mask = cols < N
         dy = tl.load(DY + row * stride_dy + cols, mask=col_mask, other=0.0).to(tl.float32)
         s = tl.load(RO + row * stride_ro + cols, mask=col_mask, other=0.0).to(tl.float32)
-        xhat = tl.where(col_mask, (s - mean) * rstd, 0.0)
+        d = tl.where(col_mask, s - mean_fwd, 0.0)
         wdy = dy
         if HAS_WEIGHT:
             w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
             if ZERO_CENTERED:
                 w += 1.0
             wdy = dy * w
-        acc1 += xhat * wdy
-        acc2 += wdy
-    tl.store(C1 + row, tl.reduce(acc1, 0, _sum_combine) / N)
-    tl.store(C2 + row, tl.reduce(acc2, 0, _sum_combine) / N)
+        acc_d += d
+        acc_dd += d * d
+        acc_dwdy += d * wdy
+        acc_wdy += wdy
+    sum_wdy = tl.reduce(acc_wdy, 0, _sum_combine)
+    sum_dwdy = tl.reduce(acc_dwdy, 0, _sum_combine)
+    shift = 0.0
+    if not IS_RMS:
+        if RECOMPUTE_STATS:
+            shift = tl.reduce(acc_d, 0, _sum_combine) / N
+    if RECOMPUTE_STATS:
+        var = tl.reduce(acc_dd, 0, _sum_combine) / N - shift * shift
+        rstd = tl.rsqrt(tl.maximum(var, 0.0) + eps)
+    tl.store(MeanOut + row, mean_fwd + shift)
+    tl.store(RstdOut + row, rstd)
+    tl.store(C1 + row, rstd * (sum_dwdy - shift * sum_wdy) / N)
+    tl.store(C2 + row, sum_wdy / N)
 
 
 @triton.jit
 def add_norm_bwd_kernel(
     DY, DRO, RO, W, Mean, Rstd, C1, C2, Seed, DX, DR, DW_part, DB_part,
     stride_dy, stride_dro, stride_ro, stride_dx, stride_dr,
-    M, N, dropout_p, dropout_scale,
+    M, N, eps, dropout_p, dropout_scale,
     IS_RMS: tl.constexpr, HAS_DRO: tl.constexpr, HAS_WEIGHT: tl.constexpr, ZERO_CENTERED: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, STORE_DR: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr,
+    RECOMPUTE_STATS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr, SOFT_BF16: tl.constexpr,
 ):
     """Persistent backward: grid (G, C). Program (g, c) owns column block c and walks the row tiles
     g, g + G, g + 2G, ...; dw and db for its columns accumulate in fp32 registers and are written once
     to row g of the partial buffers (summed afterwards in a fixed order: no atomics, deterministic).
 
-    SINGLE_BLOCK (C == 1): the program holds whole rows and computes c1, c2 itself; otherwise they
-    come from ``add_norm_bwd_row_terms_kernel``.
+    SINGLE_BLOCK (C == 1): the program holds whole rows and computes c1, c2 itself (and, with
+    RECOMPUTE_STATS, mean and rstd of the stored s); otherwise all four come from
+    ``add_norm_bwd_row_terms_kernel``.
     """
     pid_g = tl.program_id(0)
     num_groups = tl.num_programs(0)
@@ -237,12 +272,21 @@ def add_norm_bwd_kernel(
         mask = row_mask[:, None] & col_mask[None, :]
         dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         s = tl.load(RO + rows64[:, None] * stride_ro + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.load(Rstd + rows64, mask=row_mask, other=0.0)
-        if IS_RMS:
-            xhat = s * rstd[:, None]
+        if SINGLE_BLOCK and RECOMPUTE_STATS:
+            if IS_RMS:
+                xc = s
+            else:
+                mean = tl.reduce(s, 1, _sum_combine) / N
+                xc = tl.where(mask, s - mean[:, None], 0.0)
+            rstd = tl.rsqrt(tl.reduce(xc * xc, 1, _sum_combine) / N + eps)
         else:
-            mean = tl.load(Mean + rows64, mask=row_mask, other=0.0)
-            xhat = tl.where(mask, (s - mean[:, None]) * rstd[:, None], 0.0)
+            rstd = tl.load(Rstd + rows64, mask=row_mask, other=0.0)
+            if IS_RMS:
+                xc = s
+            else:
+                mean = tl.load(Mean + rows64, mask=row_mask, other=0.0)
+                xc = tl.where(mask, s - mean[:, None], 0.0)
+        xhat = xc * rstd[:, None]
         if HAS_WEIGHT:
             wdy = dy * w[None, :]
         else:
@@ -262,12 +306,12 @@ def add_norm_bwd_kernel(
         if HAS_DRO:
             ds += tl.load(DRO + rows64[:, None] * stride_dro + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if STORE_DR:
-            tl.store(DR + rows64[:, None] * stride_dr + cols[None, :], ds.to(DR.dtype.element_ty), mask=mask)
+            tl.store(DR + rows64[:, None] * stride_dr + cols[None, :], _cast(ds, DR.dtype.element_ty, SOFT_BF16), mask=mask)
         dx = ds
         if HAS_DROPOUT:
             keep = _keep_mask(seed, rows64[:, None] * N + cols[None, :], dropout_p)
             dx = tl.where(keep, ds * dropout_scale, 0.0)
-        tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], _cast(dx, DX.dtype.element_ty, SOFT_BF16), mask=mask)
         if COMPUTE_DW:
             dw_acc += dy * xhat
         if COMPUTE_DB:
@@ -280,7 +324,7 @@ def add_norm_bwd_kernel(
 
 
 @triton.jit
-def sum_partials_kernel(Part, Out, G, N, BLOCK_N: tl.constexpr):
+def sum_partials_kernel(Part, Out, G, N, BLOCK_N: tl.constexpr, SOFT_BF16: tl.constexpr):
     """Out[n] = sum over g = 0, 1, ..., G-1 of Part[g, n], in that order (fp32), cast to Out's dtype."""
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < N
@@ -289,4 +333,4 @@ def sum_partials_kernel(Part, Out, G, N, BLOCK_N: tl.constexpr):
     for _ in range(0, G):
         acc += tl.load(part_row + cols, mask=col_mask, other=0.0)
         part_row += N  # pointer arithmetic is 64-bit: no int32 overflow for large G * N
-    tl.store(Out + cols, acc.to(Out.dtype.element_ty), mask=col_mask)
+    tl.store(Out + cols, _cast(acc, Out.dtype.element_ty, SOFT_BF16), mask=col_mask)
