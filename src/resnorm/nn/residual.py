@@ -3,9 +3,7 @@
 ``F`` is the branch (any module mapping the stream to the same shape), ``Norm`` the norm named by
 ``norm`` (see ``resnorm.nn.norms.NORMS``), ``x`` the residual stream. One block:
 
-============  ==========================================================  ================================
 placement     one block                                                   source
-============  ==========================================================  ================================
 none          x <- Norm(F(x))  (no skip; plain net; Norm may be "none")   ablation
 post          x <- Norm(x + F(x))                                         Vaswani et al. 2017; He et al. 2016
 pre           x <- x + F(Norm(x)); final Norm at the end of the model     Xiong et al. 2020; He et al. 2016b
@@ -14,7 +12,6 @@ deepnorm      x <- Norm(alpha * x + F(x)); branch init scaled by beta     Wang e
 rezero        x <- x + a * F(x), scalar a = 0 at init, no norm            Bachlechner et al. 2020
 layerscale    x <- x + diag(lambda) * F(Norm(x)), lambda = 0.1 at init    Touvron et al. 2021 (CaiT)
 seed          y = Norm(x); x <- y + F(y)  (normalized skip)               seed 001
-============  ==========================================================  ================================
 
 DeepNet constants. DeepNet's decoder-only rule for N layers (each layer = 2 residual sublayers:
 attention and FFN) is alpha = (2N)^(1/4), beta = (8N)^(-1/4). ``depth`` here is the number of
