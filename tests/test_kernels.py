@@ -390,3 +390,19 @@ def test_bench_report_writing(tmp_path):
     assert "add_rmsnorm" in md and "1024×4096" in md and "copy" in md.lower()
     pct = 100 * rows[0]["fwd_GBps"] / 3000.0
     assert f"{pct:.0f}%" in md
+
+
+def test_compiled_path_builds_for_sm90_with_16_byte_accesses():
+    """The CPU tests run the interpreter; this compiles the CUDA path (Triton's ptxas, no GPU needed)
+    for two benchmark shapes plus dropout and the wide-row kernels, and reads the resources."""
+    from resnorm.kernels import compile_report
+
+    pytest.importorskip("triton.backends.nvidia")
+    for variant in compile_report.variants([(65536, 1024), (8192, 8192)]):
+        try:
+            report = compile_report.compile_variant(variant, arch=90)
+        except (FileNotFoundError, PermissionError) as exc:  # no usable ptxas in this install
+            pytest.skip(f"ptxas unavailable: {exc}")
+        assert report["load_vectors"] and max(report["load_vectors"]) == "v4", report
+        if report["stack"] is not None:
+            assert report["stack"] == 0 and report["local"] == 0, report  # nothing spills

@@ -120,60 +120,65 @@ def add_norm_fwd_kernel(
             y += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
         tl.store(Y + rows64[:, None] * stride_y + cols[None, :], _cast(y, Y.dtype.element_ty, SOFT_BF16), mask=mask)
     else:
-        # wide rows: BLOCK_M == 1, `rows` has one element
-        x_row = X + rows64 * stride_x
-        r_row = R + rows64 * stride_r
-        ro_row = RO + rows64 * stride_ro
-        y_row = Y + rows64 * stride_y
-        acc_mean = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)   # per-lane Welford (LayerNorm) or
-        acc_m2 = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)     # per-lane sum of squares (RMSNorm)
-        acc_n = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
-        for start in range(0, N, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            mask = row_mask[:, None] & (cols < N)[None, :]
-            s = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            if HAS_DROPOUT:
-                keep = _keep_mask(seed, rows64[:, None] * N + cols[None, :], dropout_p)
-                s = tl.where(keep, s * dropout_scale, 0.0)
-            if HAS_RESIDUAL:
-                s += tl.load(r_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            tl.store(ro_row[:, None] + cols[None, :], _cast(s, RO.dtype.element_ty, SOFT_BF16), mask=mask)
+        # wide rows: BLOCK_M == 1. Persistent: program p handles rows p, p + P, ... so that few rows are
+        # in flight at once and the second pass re-reads them from L2, not from device memory.
+        for row_start in range(pid, M, tl.num_programs(0)):
+            rows = row_start + tl.arange(0, BLOCK_M)
+            row_mask = rows < M
+            rows64 = rows.to(tl.int64)
+            x_row = X + rows64 * stride_x
+            r_row = R + rows64 * stride_r
+            ro_row = RO + rows64 * stride_ro
+            y_row = Y + rows64 * stride_y
+            acc_mean = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)   # per-lane Welford (LayerNorm) or
+            acc_m2 = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)     # per-lane sum of squares (RMSNorm)
+            acc_n = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                mask = row_mask[:, None] & (cols < N)[None, :]
+                s = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                if HAS_DROPOUT:
+                    keep = _keep_mask(seed, rows64[:, None] * N + cols[None, :], dropout_p)
+                    s = tl.where(keep, s * dropout_scale, 0.0)
+                if HAS_RESIDUAL:
+                    s += tl.load(r_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                tl.store(ro_row[:, None] + cols[None, :], _cast(s, RO.dtype.element_ty, SOFT_BF16), mask=mask)
+                if IS_RMS:
+                    acc_m2 += s * s
+                else:
+                    acc_n += mask.to(tl.float32)
+                    delta = s - acc_mean
+                    acc_mean += tl.where(mask, delta / tl.maximum(acc_n, 1.0), 0.0)
+                    acc_m2 += tl.where(mask, delta * (s - acc_mean), 0.0)
             if IS_RMS:
-                acc_m2 += s * s
+                mean = tl.full([BLOCK_M], 0.0, tl.float32)
+                var = tl.reduce(acc_m2, 1, _sum_combine) / N
             else:
-                acc_n += mask.to(tl.float32)
-                delta = s - acc_mean
-                acc_mean += tl.where(mask, delta / tl.maximum(acc_n, 1.0), 0.0)
-                acc_m2 += tl.where(mask, delta * (s - acc_mean), 0.0)
-        if IS_RMS:
-            mean = tl.full([BLOCK_M], 0.0, tl.float32)
-            var = tl.reduce(acc_m2, 1, _sum_combine) / N
-        else:
-            mean = tl.reduce(acc_mean * acc_n, 1, _sum_combine) / N
-            dev = acc_mean - mean[:, None]
-            var = tl.reduce(acc_m2 + acc_n * dev * dev, 1, _sum_combine) / N
-            tl.store(Mean + rows64, mean, mask=row_mask)
-        rstd = tl.rsqrt(var + eps)
-        tl.store(Rstd + rows64, rstd, mask=row_mask)
-        for start in range(0, N, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            col_mask = cols < N
-            mask = row_mask[:, None] & col_mask[None, :]
-            s = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            if HAS_DROPOUT:
-                keep = _keep_mask(seed, rows64[:, None] * N + cols[None, :], dropout_p)
-                s = tl.where(keep, s * dropout_scale, 0.0)
-            if HAS_RESIDUAL:
-                s += tl.load(r_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-            y = (s - mean[:, None]) * rstd[:, None]
-            if HAS_WEIGHT:
-                w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-                if ZERO_CENTERED:
-                    w += 1.0
-                y = y * w[None, :]
-            if HAS_BIAS:
-                y += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-            tl.store(y_row[:, None] + cols[None, :], _cast(y, Y.dtype.element_ty, SOFT_BF16), mask=mask)
+                mean = tl.reduce(acc_mean * acc_n, 1, _sum_combine) / N
+                dev = acc_mean - mean[:, None]
+                var = tl.reduce(acc_m2 + acc_n * dev * dev, 1, _sum_combine) / N
+                tl.store(Mean + rows64, mean, mask=row_mask)
+            rstd = tl.rsqrt(var + eps)
+            tl.store(Rstd + rows64, rstd, mask=row_mask)
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                col_mask = cols < N
+                mask = row_mask[:, None] & col_mask[None, :]
+                s = tl.load(x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                if HAS_DROPOUT:
+                    keep = _keep_mask(seed, rows64[:, None] * N + cols[None, :], dropout_p)
+                    s = tl.where(keep, s * dropout_scale, 0.0)
+                if HAS_RESIDUAL:
+                    s += tl.load(r_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+                y = (s - mean[:, None]) * rstd[:, None]
+                if HAS_WEIGHT:
+                    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+                    if ZERO_CENTERED:
+                        w += 1.0
+                    y = y * w[None, :]
+                if HAS_BIAS:
+                    y += tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+                tl.store(y_row[:, None] + cols[None, :], _cast(y, Y.dtype.element_ty, SOFT_BF16), mask=mask)
 
 
 @triton.jit
@@ -256,10 +261,6 @@ def add_norm_bwd_kernel(
     pid_c = tl.program_id(1)
     cols = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < N
-    if HAS_WEIGHT:
-        w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-        if ZERO_CENTERED:
-            w += 1.0
     if HAS_DROPOUT:
         seed = tl.load(Seed)
     dw_acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
@@ -288,6 +289,9 @@ def add_norm_bwd_kernel(
                 xc = tl.where(mask, s - mean[:, None], 0.0)
         xhat = xc * rstd[:, None]
         if HAS_WEIGHT:
+            w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+            if ZERO_CENTERED:
+                w += 1.0
             wdy = dy * w[None, :]
         else:
             wdy = dy
