@@ -214,3 +214,11 @@ def test_backend_env_var(monkeypatch):
     with pytest.raises(ValueError, match="backend"):
         with use_backend("gpu"):
             pass
+
+
+def test_float64_inputs_are_computed_in_float64():
+    x, res, w = (
+        torch.randn(4, 9, dtype=torch.float64), torch.randn(4, 9, dtype=torch.float64),
+        torch.randn(9, dtype=torch.float64))
+    want, _ = ref64(x, res, w, kind="layer", eps=1e-5)
+    torch.testing.assert_close(add_norm(x, res, w, kind="layer", eps=1e-5), want, rtol=1e-12, atol=1e-12)

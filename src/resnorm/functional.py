@@ -11,6 +11,7 @@ kernels accelerate. For one row ``x`` of length N (the last dimension)::
     normalize(s) = s / sqrt(mean(s^2) + eps)             kind="rms"    (Zhang & Sennrich 2019)
 
 with ``w = weight`` or ``w = 1 + weight`` when ``zero_centered_weight`` (Gemma's convention).
+The math is fp32 for fp32/fp16/bf16 inputs and float64 for float64 inputs.
 ``prenorm=True`` also returns ``residual_out``: the new residual stream of a pre-norm block.
 
 The pure-PyTorch implementation in this file is the reference and the CPU path. The backend is
@@ -148,22 +149,24 @@ def add_norm_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The PyTorch path of ``add_norm`` on validated arguments: returns ``(y, residual_out)``.
 
-    One fused native norm call over fp32 data; ``.float()`` and ``.to()`` are no-ops (no copies)
-    when the tensors already have the target dtype, so an fp32 model pays for nothing extra.
+    One fused native norm call over fp32 data; ``.to()`` is a no-op (no copy) when a tensor already
+    has the target dtype, so an fp32 model pays for nothing extra.
     """
     n = x.shape[-1]
+    # fp32 math; float64 inputs keep float64 (never compute in less than the input's precision)
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
     s = x
     if dropout_p > 0.0:
-        keep = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        keep = torch.empty(x.shape, device=x.device, dtype=compute)
         keep.bernoulli_(1.0 - dropout_p, generator=generator)
-        s = x.float() * keep.mul_(1.0 / (1.0 - dropout_p))
+        s = x.to(compute) * keep.mul_(1.0 / (1.0 - dropout_p))
     if residual is not None:
-        s = s.float() + residual.float()
-    s32 = s.float()
+        s = s.to(compute) + residual.to(compute)
+    s32 = s.to(compute)
     w = None
     if weight is not None:
-        w = weight.float() + 1.0 if zero_centered_weight else weight.float()
-    b = bias.float() if bias is not None else None
+        w = weight.to(compute) + 1.0 if zero_centered_weight else weight.to(compute)
+    b = bias.to(compute) if bias is not None else None
     if s32.numel() == 0:  # nothing to normalize; keep the autograd graph connected to every input
         y = s32 * 0.0
         y = y * w if w is not None else y
@@ -174,10 +177,8 @@ def add_norm_reference(
         y = F.rms_norm(s32, (n,), w, eps)
         if b is not None:
             y = y + b
-    residual_out = s.to(residual_dtype)
-    if residual_out is x:  # never hand the caller's tensor back as a new output
-        residual_out = x.clone()
-    return y.to(out_dtype), residual_out
+    # may be ``x`` itself (no residual, no dropout, same dtype); add_norm copies it only if returned
+    return y.to(out_dtype), s.to(residual_dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -239,7 +240,11 @@ def add_norm(
         dropout_p=float(dropout_p),
         generator=generator,
     )
-    return (y, residual_out) if prenorm else y
+    if not prenorm:
+        return y
+    if residual_out is x:  # never hand the caller's own tensor back as a new output
+        residual_out = x.clone()
+    return y, residual_out
 
 
 def layer_norm(
