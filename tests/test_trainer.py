@@ -313,3 +313,29 @@ def test_every_image_model_trains_a_step(tmp_path, model, fields):
     assert result.status == "completed" and math.isfinite(result.final["val_loss"])
     probe = read_metrics(tmp_path / "run", "probe")[0]
     assert len(probe["grad_norm"]) >= 2 and all(v > 0 for v in probe["grad_norm"])
+
+
+def test_on_disk_dataset_reports_the_test_split(tmp_path):
+    """An IDX folder's t10k files are evaluated once at the end; checked against a hand evaluation."""
+    from resnorm.data import split_indices
+    from test_data import write_mnist_folder
+
+    arrays = write_mnist_folder(tmp_path / "mnist", n_train=80, n_test=24)
+    config = tiny_mlp(data=str(tmp_path / "mnist"), batch_size=16, steps=3, val_fraction=0.25)
+    result = train(config, tmp_path / "run", progress=False)
+    assert set(result.final) == {"train_loss", "val_loss", "val_acc", "test_loss", "test_acc"}
+
+    seed_everything(config.seed)
+    model = build_model(config, build_task(config, torch.device("cpu")))
+    model.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoint.pt")["model"])
+    model.eval()
+    train_idx, _ = split_indices(80, 0.25, config.split_seed)
+    pixels = arrays["train-images-idx3-ubyte"][train_idx.numpy()].astype("float64") / 255
+    test = torch.tensor(arrays["t10k-images-idx3-ubyte"].reshape(24, -1) / 255)
+    x = ((test - pixels.mean()) / pixels.std(ddof=1)).float()
+    labels = torch.tensor(arrays["t10k-labels-idx1-ubyte"]).long()
+    with torch.no_grad():
+        logits = model(x)
+    assert result.final["test_acc"] == pytest.approx(float((logits.argmax(1) == labels).double().mean()))
+    assert result.final["test_loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-4)

@@ -37,12 +37,16 @@ def block_parameters(block: nn.Module) -> list[nn.Parameter]:
     return [p for p in block.parameters() if p.requires_grad]
 
 
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """``sqrt(sum ||t||^2)`` over ``tensors`` in float32 (foreach kernels); 0 for an empty list."""
+    if not tensors:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(tensors, norm_type=2.0).float()
+
+
 def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
     """``sqrt(sum ||p.grad||^2)`` over the parameters that have a gradient (0 when none do)."""
-    grads = [p.grad.detach().float() for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return total_norm([p.grad.detach() for p in params if p.grad is not None])
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -118,12 +122,8 @@ class BlockProbe:
             if not params:
                 ratios.append(torch.zeros(()))
                 continue
-            pairs = zip(params, before, strict=True)
-            delta = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(p.detach().float() - b.float()) for p, b in pairs]))
-            base = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(b.float()) for b in before]))
-            ratios.append(delta / base.clamp_min(1e-12))
+            delta = torch._foreach_sub([p.detach() for p in params], before)
+            ratios.append(total_norm(delta) / total_norm(before).clamp_min(1e-12))
         self._before = []
         nan = torch.tensor(float("nan"))
         act = [a.cpu() if a is not None else nan for a in self._act_rms]

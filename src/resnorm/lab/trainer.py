@@ -65,7 +65,13 @@ EVAL_BATCH_SIZE = 1000
 
 @dataclass
 class RunResult:
-    """What a run ended with; written to ``result.json``."""
+    """What a run ended with; written to ``result.json``.
+
+    ``final``: ``train_loss`` (mean of the last ``spike_window`` training losses), ``val_loss`` and
+    ``val_acc`` (the last evaluation; ``val_acc`` is None for the GPT), plus ``test_loss`` and
+    ``test_acc`` for completed runs on datasets with their own test split (MNIST IDX, CIFAR-10).
+    ``grad_ratio``: first-block / last-block gradient norm, mean over probe records (None without).
+    """
 
     status: str
     steps: int
@@ -136,11 +142,14 @@ class ImageTask:
     def loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         return F.cross_entropy(logits.float(), targets, reduction=reduction)
 
-    def eval_batches(self, rank: int, world_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.data.eval_batches("val", EVAL_BATCH_SIZE, rank=rank, world_size=world_size)
+    def eval_batches(self, rank: int, world_size: int, split: str = "val"
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.data.eval_batches(split, EVAL_BATCH_SIZE, rank=rank, world_size=world_size)
 
-    def num_val(self) -> int:
-        return int(self.data.val_x.shape[0])
+    @property
+    def has_test(self) -> bool:
+        """A separate test split (on-disk datasets) that validation did not already use."""
+        return self.data.test_x is not None and self.data.test_x is not self.data.val_x
 
 
 class TextTask:
@@ -167,7 +176,10 @@ class TextTask:
     def loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction=reduction)
 
-    def eval_batches(self, rank: int, world_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    has_test = False
+
+    def eval_batches(self, rank: int, world_size: int, split: str = "val"
+                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         c = self.config
         if self.data.val.numel() < c.block_size + 1:
             return
@@ -175,9 +187,6 @@ class TextTask:
             x, y = self.data.batch(c.batch_size, c.block_size, generator_for(c.seed, counter=i, stream=6),
                                    which="val")
             yield _shard(x, rank, world_size), _shard(y, rank, world_size)
-
-    def num_val(self) -> int:
-        return self.config.eval_batches if self.data.val.numel() > self.config.block_size else 0
 
 
 def _shard(t: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
@@ -373,15 +382,16 @@ def _all_finite(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: ImageTask | TextTask, config: TrainConfig, ctx: DistContext
-             ) -> tuple[float | None, float | None]:
-    """(mean loss, accuracy or None) on the validation split, summed over ranks."""
+def evaluate(model: nn.Module, task: ImageTask | TextTask, config: TrainConfig, ctx: DistContext,
+             split: str = "val") -> tuple[float | None, float | None]:
+    """(mean loss, accuracy or None) on a split ("val", or "test" for on-disk image datasets), summed
+    over ranks."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss sum, correct, count
     try:
         with _autocast(config, ctx.device):
-            for x, y in task.eval_batches(ctx.rank, ctx.world_size):
+            for x, y in task.eval_batches(ctx.rank, ctx.world_size, split):
                 logits = model(x)
                 totals[0] += task.loss(logits, y, reduction="sum").double()
                 totals[1] += (logits.argmax(-1) == y).sum().double()
@@ -610,6 +620,8 @@ def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, *, resume: bool
         "val_loss": last_val["loss"] if last_val else None,
         "val_acc": last_val["acc"] if last_val else None,
     }
+    if status == "completed" and task.has_test:  # the official test split, evaluated once at the end
+        final["test_loss"], final["test_acc"] = evaluate(model, task, config, ctx, split="test")
     result = RunResult(status=status, steps=step, diverged_step=diverged_step, final=final,
                        grad_ratio=sum(ratios) / len(ratios) if ratios else None, out_dir=out_dir,
                        wall_s=wall_s, total_steps=total_steps, config=config.to_dict())
