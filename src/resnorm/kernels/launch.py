@@ -97,6 +97,19 @@ def kernels_for(device: torch.device) -> ModuleType:
     return _interpreted_module()
 
 
+def _on_tensor_device(launcher):
+    """Triton launches on the current CUDA device: make it the first tensor argument's device."""
+
+    @functools.wraps(launcher)
+    def wrapped(first: torch.Tensor, *args, **kwargs):
+        if first.device.type != "cuda":
+            return launcher(first, *args, **kwargs)
+        with torch.cuda.device(first.device):
+            return launcher(first, *args, **kwargs)
+
+    return wrapped
+
+
 @functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -189,6 +202,7 @@ def rows_view(t: torch.Tensor) -> torch.Tensor:
     return t2
 
 
+@_on_tensor_device
 def forward(
     x: torch.Tensor,
     residual: torch.Tensor | None,
@@ -247,6 +261,7 @@ def _sum_partials(kernels: ModuleType, partial: torch.Tensor, dtype: torch.dtype
     return out
 
 
+@_on_tensor_device
 def backward(
     dy: torch.Tensor,
     d_residual_out: torch.Tensor | None,
