@@ -85,6 +85,8 @@ def _add_compare(sub) -> None:
     p.add_argument("--steps", type=_positive_int, help="optimizer steps per run")
     p.add_argument("--seed", type=int, default=0, help="seed for data order and initialisation (default 0)")
     p.add_argument("--out", help="study folder (default runs/compare-<time>)")
+    p.add_argument("--workers", type=_positive_int, help="processes training runs side by side (default: "
+                   "2 on a multi-core CPU, 1 on a GPU)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing study folder's runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
@@ -207,7 +209,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     compare.check_data(args.model, data)
     result = compare.run_compare(args.model, designs, depths, data=data, steps=args.steps, seed=args.seed,
                                  out_dir=args.out, overwrite=args.overwrite, progress=not args.no_progress,
-                                 overrides=overrides)
+                                 overrides=overrides, workers=args.workers)
     print(report.format_summary_table(result.rows))
     print(f"\nreport: {result.report}")
     return 0

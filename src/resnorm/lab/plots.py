@@ -103,9 +103,10 @@ def design_colors(designs: Sequence[str]) -> dict[str, tuple]:
 
 
 def plot_loss(run: RunData, path: str | Path) -> Path:
-    """Three panels: loss (train raw + smoothed, validation), validation accuracy, global grad norm."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
-    ax_loss, ax_acc, ax_grad = axes
+    """Four panels: loss (train raw + smoothed, validation), validation accuracy (or, without one, the
+    learning rate), global gradient norm with loss spikes, learning rate."""
+    fig, axes = plt.subplots(2, 2, figsize=(8.5, 6.0), constrained_layout=True)
+    (ax_loss, ax_acc), (ax_grad, ax_lr) = axes
     steps = [r["step"] for r in run.train]
     losses = [_finite_or_nan(r.get("loss")) for r in run.train]
     if steps:
@@ -128,10 +129,8 @@ def plot_loss(run: RunData, path: str | Path) -> Path:
         ax_acc.set(title="Validation accuracy", xlabel="optimizer step", ylabel="accuracy (%)",
                    ylim=(0, 100))
     else:
-        lrs = [r.get("lr") for r in run.train]
-        if steps and all(v is not None for v in lrs):
-            ax_acc.plot(steps, lrs, color="tab:green", lw=1.4)
-        ax_acc.set(title="Learning rate", xlabel="optimizer step", ylabel="learning rate")
+        _empty(ax_acc, "no accuracy for this task")
+        ax_acc.set(title="Validation accuracy")
     _mark_events(ax_acc, run.events)
 
     grads = [_finite_or_nan(r.get("grad_norm")) for r in run.train]
@@ -142,9 +141,15 @@ def plot_loss(run: RunData, path: str | Path) -> Path:
             ax_grad.plot(*zip(*spikes, strict=True), "x", color="tab:red", ms=6, label="loss spike")
             ax_grad.legend(fontsize=8)
         _log_if_wide(ax_grad, grads)
-    ax_grad.set(title="Global gradient norm (before clipping)", xlabel="optimizer step", ylabel="‖g‖₂")
+    ax_grad.set(title="Global gradient norm", xlabel="optimizer step", ylabel="‖g‖₂ (before clipping)")
     _mark_events(ax_grad, run.events)
-    for ax in axes:
+
+    lrs = [r.get("lr") for r in run.train]
+    if steps and all(v is not None for v in lrs):
+        ax_lr.plot(steps, lrs, color="tab:gray", lw=1.4)
+    ax_lr.set(title="Learning rate", xlabel="optimizer step", ylabel="learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
     fig.suptitle(run_title(run), fontsize=11)
     return _save(fig, path)
@@ -169,7 +174,7 @@ def plot_grad_heatmap(run: RunData, path: str | Path) -> Path:
         mesh = ax.pcolormesh(x_edges, y_edges, shown, norm=LogNorm(vmin=vmin, vmax=vmax), cmap="magma",
                              shading="flat")
         cbar = fig.colorbar(mesh, ax=ax)
-        cbar.set_label("gradient norm of the block's parameters (log scale)")
+        cbar.set_label("‖grad‖ of the block's parameters")
         ax.set_ylim(0.5, n_blocks + 0.5)
         ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True, nbins=8))
     ax.set(title=f"Per-block gradient norm over training\n{run_title(run)}", xlabel="optimizer step",
@@ -284,6 +289,7 @@ def plot_study_profiles(runs: Sequence[RunData], path: str | Path, key: str = "g
             ax = axes[row][col]
             values: list[float] = []
             steps_seen: set[int] = set()
+            notes: list[tuple[str, int]] = []
             for run in runs:
                 if run.depth != depth:
                     continue
@@ -292,10 +298,17 @@ def plot_study_profiles(runs: Sequence[RunData], path: str | Path, key: str = "g
                     continue
                 step, prof = got
                 steps_seen.add(step)
+                zeros = int(np.sum(prof == 0.0))
+                if zeros:  # an exactly-zero gradient (float32 underflow) has no place on a log axis
+                    prof = np.where(prof == 0.0, np.nan, prof)
+                    notes.append((run.design, zeros))
                 values.extend(prof.tolist())
-                ax.plot(np.arange(1, prof.size + 1), np.maximum(prof, TINY), "o-", ms=2, lw=1.4,
+                ax.plot(np.arange(1, prof.size + 1), prof, "o-", ms=2, lw=1.4,
                         color=colors[run.design], label=run.design)
             _log_if_wide(ax, values, force=True)
+            for k, (design, zeros) in enumerate(notes):
+                ax.text(0.02, 0.03 + 0.07 * k, f"{design}: {zeros} block(s) exactly 0 (not drawn)",
+                        transform=ax.transAxes, fontsize=7, color=colors[design])
             when = "first probe" if which == "first" else "last probe"
             if len(steps_seen) == 1:
                 when += f" (step {steps_seen.pop()})"

@@ -207,6 +207,8 @@ def format_cell(key: str, value) -> str:
     if key in ("val_loss", "train_loss"):
         return f"{value:.3f}" if math.isfinite(value) else "nan"
     if key == "grad_ratio":
+        if value == 0:
+            return "0 (vanished)"
         return f"{value:.2e}" if math.isfinite(value) else "nan"
     if key == "wall_s":
         return f"{value:.1f}s"
@@ -250,11 +252,13 @@ def build_report(
     *,
     title: str | None = None,
     progress: bool = False,
+    rebuild_run_plots: bool = True,
 ) -> Path:
     """Load the runs under ``paths`` (run or study folders), draw every plot, write ``report.html``.
 
     ``out`` is the HTML file to write; by default ``report.html`` inside the only folder given, or in
-    the current directory when several are given. Returns the path of the HTML file.
+    the current directory when several are given. ``rebuild_run_plots=False`` keeps a run's PNGs when
+    all three exist and are newer than its metrics.jsonl. Returns the path of the HTML file.
     """
     paths = list(paths)
     if not paths:
@@ -271,7 +275,8 @@ def build_report(
         from tqdm import tqdm
 
         iterator = tqdm(runs, desc="plots", unit="run", leave=False)
-    run_images = {run.path: build_run_plots(run) for run in iterator}
+    run_images = {run.path: (build_run_plots(run) if rebuild_run_plots or not _plots_fresh(run)
+                             else {name: run.path / name for name in RUN_PLOTS}) for run in iterator}
     study_images = build_study_plots(runs, out.parent) if len(runs) > 1 else {}
     html_text = render_html(runs, run_images, study_images, title=title or _default_title(runs, paths))
     out.write_text(html_text, encoding="utf-8")
@@ -352,7 +357,7 @@ td.diverged {{ background: #f9dcdc; }}
 figcaption {{ font-size: 0.85em; color: #555; text-align: center; }}
 .scroll {{ overflow-x: auto; }}
 table.grid {{ border-collapse: collapse; }}
-table.grid td {{ vertical-align: top; padding: 2px; min-width: 380px; }}
+table.grid td {{ vertical-align: top; padding: 2px; min-width: 460px; }}
 table.grid td img {{ width: 100%; display: block; }}
 table.grid th.rowhead {{ writing-mode: vertical-rl; transform: rotate(180deg); font-weight: 600; }}
 details pre {{ background: #f7f7f7; padding: 0.6em; font-size: 0.85em; }}
@@ -397,6 +402,12 @@ def _depth_of(config: dict, probes: list[dict]) -> int | None:
     if probes and probes[0].get("grad_norm"):
         return len(probes[0]["grad_norm"])
     return None
+
+
+def _plots_fresh(run: RunData) -> bool:
+    metrics_time = (run.path / "metrics.jsonl").stat().st_mtime
+    pngs = [run.path / name for name in RUN_PLOTS]
+    return all(p.is_file() and p.stat().st_mtime >= metrics_time for p in pngs)
 
 
 def _last(records: Sequence[dict], key: str):
