@@ -184,6 +184,26 @@ def test_sigint_finishes_the_step_and_saves(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
+def test_second_sigint_stops_at_once_and_still_saves(tmp_path):
+    def on_step(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # raises KeyboardInterrupt here
+
+    result = train(tiny_mlp(), tmp_path / "run", progress=False, on_step=on_step)
+    assert result.status == "interrupted" and result.steps == 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2
+
+
+def test_resume_without_checkpoint_starts_over(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"kind": "train", "step": 99}\n')
+    result = train(tiny_mlp(steps=2), tmp_path / "run", resume=True, progress=False)
+    assert result.status == "completed" and result.steps == 2
+    assert [r["step"] for r in read_metrics(tmp_path / "run", "train")] == [1, 2]
+    assert "resumed" not in [e["event"] for e in read_metrics(tmp_path / "run", "event")]
+
+
 # ------------------------------------------------------------------------------------------ divergence
 
 
