@@ -406,3 +406,26 @@ def test_compiled_path_builds_for_sm90_with_16_byte_accesses():
         assert report["load_vectors"] and max(report["load_vectors"]) == "v4", report
         if report["stack"] is not None:
             assert report["stack"] == 0 and report["local"] == 0, report  # nothing spills
+
+
+def test_bench_sweep_dry_run_on_cpu(tmp_path, monkeypatch, capsys):
+    """The whole measurement flow on CPU with a stand-in timer: rows, checks, files."""
+    monkeypatch.setenv("RESNORM_BACKEND", "triton")
+    calls = []
+
+    def fake_do_bench(fn, warmup=None, rep=None, grad_to_none=None, return_mode=None):
+        fn()
+        calls.append(return_mode)
+        return 0.5
+
+    args = bench.parse_args(["--shapes", "4x32", "--impls", "resnorm,eager,liger", "--out", str(tmp_path)])
+    result = bench.run_sweep(args, device="cpu", do_bench=fake_do_bench)
+    assert set(calls) == {"median"}
+    assert result["copy_GBps"] == pytest.approx(bench.gbps(2 * (1 << 20), 0.5))
+    ran = {(r["op"], r["impl"]) for r in result["rows"] if r["fwd_ms"] is not None}
+    assert {("add_rmsnorm", "resnorm"), ("add_rmsnorm", "eager"), ("add_layernorm", "eager")} <= ran
+    assert all(c["ok"] for c in result["checks"] if c["impl"] == "eager"), result["checks"]
+    row = next(r for r in result["rows"] if r["impl"] == "resnorm")
+    assert row["fwd_GBps"] == pytest.approx(bench.gbps(4 * 4 * 32 * 2, 0.5))
+    json_path, _ = bench.write_results(result, tmp_path)
+    assert json.loads(json_path.read_text())["rows"][0]["M"] == 4

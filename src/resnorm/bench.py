@@ -218,23 +218,23 @@ def load_impl(name: str, kind: str):
 
 
 # ----------------------------------------------------------------------------------------------
-# measurement (CUDA only)
+# measurement (CUDA; the device is a parameter so that the flow can be dry-run on CPU in tests)
 
 
-def copy_bandwidth(do_bench, nbytes: int = 2 << 30) -> float:
+def copy_bandwidth(do_bench, nbytes: int = 2 << 30, device: str = "cuda") -> float:
     """GB/s of a large device-to-device copy, counting bytes read + written."""
-    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
     dst = torch.empty_like(src)
     ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     return gbps(2 * nbytes, ms)
 
 
-def _inputs(m: int, n: int, kind: str, requires_grad: bool):
-    g = torch.Generator(device="cuda").manual_seed(m * 7919 + n)
+def _inputs(m: int, n: int, kind: str, requires_grad: bool, device: str):
+    g = torch.Generator(device=device).manual_seed(m * 7919 + n)
     dt = torch.bfloat16
 
     def rand(*shape, scale=1.0, shift=0.0):
-        t = torch.randn(*shape, device="cuda", generator=g) * scale + shift
+        t = torch.randn(*shape, device=device, generator=g) * scale + shift
         return t.to(dt).requires_grad_(requires_grad)
 
     x, r = rand(m, n), rand(m, n)
@@ -249,7 +249,7 @@ def _fwd_bwd(fn, x, r, w, b, dy, ds):
 
 
 def _outputs_and_grads(fn, m, n, kind, dy, ds):
-    x, r, w, b = _inputs(m, n, kind, True)
+    x, r, w, b = _inputs(m, n, kind, True, dy.device)
     y, s = fn(x, r, w, b)
     torch.autograd.backward((y, s), (dy, ds))
     leaves = [t for t in (x, r, w, b) if t is not None]
@@ -265,19 +265,23 @@ def _max_abs_diff(a: list, b: list) -> float:
     return worst
 
 
-def bench_one(fn, m, n, kind, do_bench, warmup, rep) -> tuple[float, float, float]:
-    """(fwd_ms, fwdbwd_ms, peak_mem_MB) of one implementation at one shape."""
-    x, r, w, b = _inputs(m, n, kind, False)
+def bench_one(fn, m, n, kind, do_bench, warmup, rep,
+              device: str = "cuda") -> tuple[float, float, float | None]:
+    """(fwd_ms, fwdbwd_ms, peak_mem_MB) of one implementation at one shape; the peak is the memory
+    allocated by one forward+backward above what its inputs and upstream gradients hold."""
+    x, r, w, b = _inputs(m, n, kind, False, device)
     fwd_ms = do_bench(lambda: fn(x, r, w, b), warmup=warmup, rep=rep, return_mode="median")
     del x, r, w, b
-    x, r, w, b = _inputs(m, n, kind, True)
-    dy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
-    ds = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    x, r, w, b = _inputs(m, n, kind, True, device)
+    dy = torch.randn(m, n, device=device, dtype=torch.bfloat16)
+    ds = torch.randn(m, n, device=device, dtype=torch.bfloat16)
     leaves = [t for t in (x, r, w, b) if t is not None]
     fwdbwd_ms = do_bench(lambda: _fwd_bwd(fn, x, r, w, b, dy, ds), warmup=warmup, rep=rep,
                          grad_to_none=leaves, return_mode="median")
     for t in leaves:
         t.grad = None
+    if torch.device(device).type != "cuda":
+        return fwd_ms, fwdbwd_ms, None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -287,13 +291,16 @@ def bench_one(fn, m, n, kind, do_bench, warmup, rep) -> tuple[float, float, floa
     return fwd_ms, fwdbwd_ms, peak
 
 
-def run_sweep(args: argparse.Namespace) -> dict:
+def run_sweep(args: argparse.Namespace, device: str = "cuda", do_bench=None) -> dict:
+    """The whole measurement: copy bandwidth, then every (op, shape, implementation)."""
     import triton
-    from triton.testing import do_bench
 
-    device = torch.cuda.get_device_name()
-    copy = copy_bandwidth(do_bench)
-    print(f"{device}: copy bandwidth {copy:.0f} GB/s (read + write)")
+    if do_bench is None:
+        from triton.testing import do_bench
+    on_cuda = torch.device(device).type == "cuda"
+    device_name = torch.cuda.get_device_name(device) if on_cuda else f"{device} (dry run)"
+    copy = copy_bandwidth(do_bench, device=device) if on_cuda else copy_bandwidth(do_bench, 1 << 20, device)
+    print(f"{device_name}: copy bandwidth {copy:.0f} GB/s (read + write)")
     rows, checks = [], []
     kinds = {"add_rmsnorm": "rms", "add_layernorm": "layer"}
     for op in args.ops:
@@ -301,8 +308,8 @@ def run_sweep(args: argparse.Namespace) -> dict:
         impls = {name: load_impl(name, kind) for name in args.impls}
         reference = impls.get("resnorm") or _resnorm_impl(kind)
         for m, n in args.shapes:
-            dy = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
-            ds = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+            dy = torch.randn(m, n, device=device, dtype=torch.bfloat16)
+            ds = torch.randn(m, n, device=device, dtype=torch.bfloat16)
             expected = _outputs_and_grads(reference, m, n, kind, dy, ds)
             for name, fn in impls.items():
                 if fn is None:
@@ -312,22 +319,25 @@ def run_sweep(args: argparse.Namespace) -> dict:
                         diff = _max_abs_diff(_outputs_and_grads(fn, m, n, kind, dy, ds), expected)
                         checks.append({"op": op, "impl": name, "M": m, "N": n, "max_abs_diff": diff,
                                        "ok": bool(diff <= CHECK_ATOL)})
-                    fwd_ms, fwdbwd_ms, peak = bench_one(fn, m, n, kind, do_bench, args.warmup, args.rep)
+                    fwd_ms, fwdbwd_ms, peak = bench_one(fn, m, n, kind, do_bench, args.warmup, args.rep,
+                                                        device)
                 except Exception as exc:  # e.g. a peer's width limit or out of memory: record and go on
                     reason = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}"
                     print(f"  {op} {name} {m}x{n}: failed ({reason})")
-                    torch.cuda.empty_cache()
+                    if on_cuda:
+                        torch.cuda.empty_cache()
                     rows.append(make_row(op, name, m, n, None, None, None))
                     continue
                 row = make_row(op, name, m, n, fwd_ms, fwdbwd_ms, peak)
                 rows.append(row)
                 print(f"  {op:13s} {name:9s} {m:>6}x{n:<6} fwd {fwd_ms:.4f} ms "
                       f"{_pct(row['fwd_GBps'], copy):>4} | fwd+bwd {fwdbwd_ms:.4f} ms "
-                      f"{_pct(row['fwdbwd_GBps'], copy):>4} | peak {peak:.0f} MB", flush=True)
+                      f"{_pct(row['fwdbwd_GBps'], copy):>4} | peak {peak or 0:.0f} MB", flush=True)
             del expected, dy, ds
-            torch.cuda.empty_cache()
-    return {"device": device, "torch": torch.__version__, "triton": triton.__version__, "copy_GBps": copy,
-            "rows": rows, "checks": checks}
+            if on_cuda:
+                torch.cuda.empty_cache()
+    return {"device": device_name, "torch": torch.__version__, "triton": triton.__version__,
+            "copy_GBps": copy, "rows": rows, "checks": checks}
 
 
 def main(argv: list[str] | None = None) -> int:
