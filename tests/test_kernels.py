@@ -321,24 +321,26 @@ def test_opcheck_custom_ops():
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_torch_compile_fullgraph_no_recompiles(monkeypatch):
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph_no_recompiles(monkeypatch, device):
     from torch._dynamo.testing import CompileCounterWithBackend
 
     monkeypatch.setenv("RESNORM_BACKEND", "triton")
     torch._dynamo.reset()
-    counter = CompileCounterWithBackend("aot_eager")
+    # CPU: aot_eager (Inductor's C++ build is slow on 2 cores); CUDA: the real thing
+    counter = CompileCounterWithBackend("inductor" if device == "cuda" else "aot_eager")
 
     def block(x, residual, weight, bias):
         y, res = add_norm(x, residual, weight, bias, kind="layer", prenorm=True, eps=1e-5)
         return torch.tanh(y) * 2, res
 
     compiled = torch.compile(block, backend=counter, fullgraph=True, dynamic=True)
-    weight = torch.randn(48, requires_grad=True)
-    bias = torch.randn(48, requires_grad=True)
+    weight = torch.randn(48, device=device, requires_grad=True)
+    bias = torch.randn(48, device=device, requires_grad=True)
     with torch._dynamo.config.patch(error_on_recompile=True):
         for batch in (3, 5, 9):
-            x = torch.randn(batch, 48, requires_grad=True)
-            r = torch.randn(batch, 48)
+            x = torch.randn(batch, 48, device=device, requires_grad=True)
+            r = torch.randn(batch, 48, device=device)
             out, res = compiled(x, r, weight, bias)
             ref, ref_res = block(x, r, weight, bias)
             assert torch.equal(out, ref) and torch.equal(res, ref_res)
@@ -390,6 +392,34 @@ def test_bench_report_writing(tmp_path):
     assert "add_rmsnorm" in md and "1024×4096" in md and "copy" in md.lower()
     pct = 100 * rows[0]["fwd_GBps"] / 3000.0
     assert f"{pct:.0f}%" in md
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40e9,
+                    reason="needs a CUDA device with >= 40 GB")
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_more_than_2_to_the_31_elements(dropout_p):
+    """int64 offsets: the rows past element 2^31 (and Philox counters past 2^32) are right."""
+    n = 4096
+    m = (1 << 31) // n + 3
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(m, n, device="cuda", dtype=BF16, generator=g).requires_grad_(True)
+    w = torch.randn(n, device="cuda", dtype=BF16, generator=g)
+    with use_backend("triton"):
+        y, ro = add_norm(x, None, w, kind="rms", prenorm=True, dropout_p=dropout_p,
+                         residual_dtype=torch.float32)
+    tail = slice(m - 5, m)
+    if dropout_p:
+        keep = ro[tail] != 0
+        assert abs(1 - keep.float().mean().item() - dropout_p) < 0.02
+        torch.testing.assert_close(ro[tail][keep], x[tail].float()[keep] / (1 - dropout_p))
+    else:
+        assert torch.equal(ro[tail], x[tail].float())
+    y64, _ = ref64(ro[tail].double(), None, w, None, kind="rms", eps=1e-6, zero_centered_weight=False)
+    assert (y[tail].double() - y64).abs().max() < 5e-2
+    (dx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert torch.isfinite(dx[tail].float()).all() and (dx[tail] != 0).any()
+    if dropout_p:
+        assert torch.equal(dx[tail] != 0, ro[tail] != 0)  # the backward's mask is the forward's
 
 
 def test_compiled_path_builds_for_sm90_with_16_byte_accesses():

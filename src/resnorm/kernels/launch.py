@@ -31,6 +31,7 @@ _INTERPRETED_NAME = "resnorm.kernels._triton_kernels_interpreted"
 # Widest row held in one program (elements). Wider rows loop over column blocks of the "wide" size.
 MAX_SINGLE_BLOCK_N = 16384
 WIDE_BLOCK_N = 4096  # column block of the wide-row backward
+BWD_WARPS_PER_SM = 16  # persistent backward: resident warps per SM (register-limited)
 WIDE_FWD_BLOCK_N = 8192  # column block of the wide-row forward
 # Wide-row forward: programs per SM. Few rows in flight keep the second pass's re-read in L2
 # (132 rows x 256 KB of x + residual at N = 65536 bf16 = 33 MB < 50 MB on an H100).
@@ -183,7 +184,9 @@ def backward_config(m: int, n: int, device: torch.device) -> BackwardConfig:
     elements = block_m * block_n
     if on_gpu:
         num_warps = min(32, max(2, elements // 512))
-        per_sm = max(1, min(8, 32 // num_warps))
+        # all G programs resident at once: ~100-128 registers per thread (compile_report) and 64K
+        # registers per SM allow 16 warps of them per SM
+        per_sm = max(1, BWD_WARPS_PER_SM // num_warps)
     else:
         num_warps, per_sm = 1, 1
     groups = max(1, min(-(-m // block_m), budget * per_sm))
