@@ -146,9 +146,11 @@ def add_norm_fwd_kernel(
                 if IS_RMS:
                     acc_m2 += s * s
                 else:
+                    # only the last block can be partial, so every lane it updates has seen exactly
+                    # start // BLOCK_N + 1 values: one scalar reciprocal instead of a division per element
                     acc_n += mask.to(tl.float32)
                     delta = s - acc_mean
-                    acc_mean += tl.where(mask, delta / tl.maximum(acc_n, 1.0), 0.0)
+                    acc_mean += tl.where(mask, delta * (1.0 / (start // BLOCK_N + 1)), 0.0)
                     acc_m2 += tl.where(mask, delta * (s - acc_mean), 0.0)
             if IS_RMS:
                 mean = tl.full([BLOCK_M], 0.0, tl.float32)
