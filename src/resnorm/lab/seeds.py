@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["seed_configs", "run_seeds", "format_results", "SEED_RECIPE"]
+__all__ = ["seed_configs", "run_seeds", "format_results", "steps_per_epoch", "SEED_RECIPE"]
 
 # The founding documents' recipe: Keras-style Adam defaults, batch 32, constant learning rate.
 SEED_RECIPE = dict(optimizer="adam", lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.0, batch_size=32,
@@ -25,7 +25,7 @@ SEED_RECIPE = dict(optimizer="adam", lr=1e-3, beta1=0.9, beta2=0.999, weight_dec
 def seed_configs(
     *,
     epochs: float = 10.0,
-    resnet_epochs: float = 1.0,
+    resnet_epochs: float = 3.0,
     which: Sequence[str] = ("mlp", "resnet"),
     resnet_data: str = "mnist5k",
     seed: int = 0,
@@ -41,19 +41,30 @@ def seed_configs(
             raise ValueError(f"{name} must be a positive number; got {value!r}")
     configs: dict[str, object] = {}
     if "mlp" in which:
-        configs["mlp"] = config_for("seed-mlp", data="mnist5k", epochs=float(epochs), seed=seed,
-                                    eval_every=141, **SEED_RECIPE)
+        config = config_for("seed-mlp", data="mnist5k", epochs=float(epochs), seed=seed, **SEED_RECIPE)
+        configs["mlp"] = config.replace(eval_every=steps_per_epoch(config))
     if "resnet" in which:
-        configs["resnet"] = config_for("seed-resnet", data=resnet_data, epochs=float(resnet_epochs),
-                                       seed=seed, eval_every=141, **SEED_RECIPE)
+        config = config_for("seed-resnet", data=resnet_data, epochs=float(resnet_epochs), seed=seed,
+                            **SEED_RECIPE)
+        configs["resnet"] = config.replace(eval_every=steps_per_epoch(config))
     return configs
+
+
+def steps_per_epoch(config) -> int:
+    """Optimizer steps in one epoch of ``config``'s training split (so evaluation runs once per epoch)."""
+    from resnorm.data import EpochBatches, load_image_data
+
+    layout = "flat" if config.model == "seed-mlp" else "conv"
+    data = load_image_data(config.data, layout=layout, val_fraction=config.val_fraction,
+                           split_seed=config.split_seed, data_root=config.data_root)
+    return EpochBatches(data.num_train, config.batch_size, config.seed).steps_per_epoch
 
 
 def run_seeds(
     out_dir: str | Path,
     *,
     epochs: float = 10.0,
-    resnet_epochs: float = 1.0,
+    resnet_epochs: float = 3.0,
     which: Sequence[str] = ("mlp", "resnet"),
     resnet_data: str = "mnist5k",
     seed: int = 0,
@@ -65,6 +76,8 @@ def run_seeds(
     Each run folder gets its plots and report. Returns one dict per system: name, data, epochs,
     status, steps, val_acc, val_loss, wall_s, out_dir.
     """
+    import torch
+
     from resnorm.lab import report, trainer
 
     configs = seed_configs(epochs=epochs, resnet_epochs=resnet_epochs, which=which,
@@ -77,7 +90,13 @@ def run_seeds(
         if progress:
             print(f"{name}: {config.epochs:g} epoch(s) on {config.data}, batch {config.batch_size}, "
                   f"{config.optimizer} lr {config.lr:g}", flush=True)
-        result = trainer.train(config, run_dir, overwrite=overwrite, progress=progress)
+        # the MLP is bound by per-op overhead: one thread is faster, most of all on a busy machine
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1 if key == "mlp" else threads)
+        try:
+            result = trainer.train(config, run_dir, overwrite=overwrite, progress=progress)
+        finally:
+            torch.set_num_threads(threads)
         report.build_report([run_dir])
         final = result.final or {}
         results.append({
