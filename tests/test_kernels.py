@@ -459,3 +459,24 @@ def test_bench_sweep_dry_run_on_cpu(tmp_path, monkeypatch, capsys):
     assert row["fwd_GBps"] == pytest.approx(bench.gbps(4 * 4 * 32 * 2, 0.5))
     json_path, _ = bench.write_results(result, tmp_path)
     assert json.loads(json_path.read_text())["rows"][0]["M"] == 4
+
+
+def test_tuning_candidates_and_dry_run(monkeypatch):
+    from resnorm.kernels import launch
+
+    monkeypatch.setattr(launch, "_programs_budget", lambda device: 132)  # an H100's SM count
+    cands = bench.tune_candidates(8192, 8192, "cuda")
+    assert cands[0] == {} and {"bwd_warps_per_sm": 32} in cands
+    assert {"wide_fwd_block_n": 4096} not in cands  # no effect on a row that fits one program
+    wide = bench.tune_candidates(256, 262144, "cuda")
+    assert {"wide_fwd_block_n": 4096} in wide and {"fwd_tile": 8192} not in wide
+    with pytest.raises(ValueError, match="unknown tuning"):
+        with launch.tuned(fwd_tiles=1):
+            pass
+    with launch.tuned(bwd_warps_per_sm=32):
+        assert launch.backward_config(8192, 8192, torch.device("cuda")).groups == 264
+    assert launch.backward_config(8192, 8192, torch.device("cuda")).groups == 132
+    monkeypatch.setenv("RESNORM_BACKEND", "triton")
+    args = bench.parse_args(["--shapes", "4x32", "--ops", "add_rmsnorm", "--tune"])
+    rows = bench.run_tuning(args, device="cpu", do_bench=lambda fn, **kw: (fn(), 0.25)[1])
+    assert [r["tuning"] for r in rows] == [{}] and rows[0]["fwdbwd_ms"] == 0.25

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for <gpu-name>.json and .md")
     p.add_argument("--warmup", type=float, default=10.0, help="do_bench warm-up (ms)")
     p.add_argument("--rep", type=float, default=60.0, help="do_bench repetition time (ms)")
+    p.add_argument("--tune", action="store_true",
+                   help="instead of the comparison: time resnorm under alternative launch settings")
     return p
 
 
@@ -340,6 +342,59 @@ def run_sweep(args: argparse.Namespace, device: str = "cuda", do_bench=None) -> 
             "copy_GBps": copy, "rows": rows, "checks": checks}
 
 
+# ----------------------------------------------------------------------------------------------
+# tuning: resnorm alone under alternative launch settings (resnorm.kernels.launch.GpuTuning)
+
+TUNE_CANDIDATES = (
+    {}, {"fwd_tile": 8192}, {"fwd_tile": 2048}, {"fwd_warp_elems": 256}, {"fwd_warp_elems": 1024},
+    {"bwd_tile": 4096}, {"bwd_tile": 1024}, {"bwd_warp_elems": 256}, {"bwd_warp_elems": 1024},
+    {"bwd_warps_per_sm": 32}, {"bwd_warps_per_sm": 8}, {"max_single_block_n_bwd": 8192},
+    {"wide_fwd_programs_per_sm": 2}, {"wide_fwd_block_n": 4096}, {"wide_fwd_warps": 8},
+    {"wide_bwd_programs_per_sm": 8}, {"wide_bwd_programs_per_sm": 2}, {"wide_bwd_block_n": 8192},
+)
+
+
+def tune_candidates(m: int, n: int, device: str) -> list[dict]:
+    """The candidates that give this shape a launch configuration of its own (default first)."""
+    from resnorm.kernels import launch
+
+    seen, chosen = set(), []
+    for cand in TUNE_CANDIDATES:
+        with launch.tuned(**cand):
+            key = (launch.forward_config(m, n, torch.device(device)),
+                   launch.backward_config(m, n, torch.device(device)))
+        if key not in seen:
+            seen.add(key)
+            chosen.append(cand)
+    return chosen
+
+
+def run_tuning(args: argparse.Namespace, device: str = "cuda", do_bench=None) -> list[dict]:
+    """Time resnorm (forward, forward+backward) for each shape under each distinct candidate."""
+    from resnorm.kernels import launch
+
+    if do_bench is None:
+        from triton.testing import do_bench
+    results = []
+    kinds = {"add_rmsnorm": "rms", "add_layernorm": "layer"}
+    for op in args.ops:
+        fn = _resnorm_impl(kinds[op])
+        for m, n in args.shapes:
+            for cand in tune_candidates(m, n, device):
+                with launch.tuned(**cand):
+                    fwd_ms, fwdbwd_ms, _ = bench_one(fn, m, n, kinds[op], do_bench, args.warmup, args.rep,
+                                                     device)
+                results.append({"op": op, "M": m, "N": n, "tuning": cand, "fwd_ms": fwd_ms,
+                                "fwdbwd_ms": fwdbwd_ms})
+                print(f"  {op:13s} {m:>6}x{n:<6} {json.dumps(cand):40s} fwd {fwd_ms:.4f} ms | "
+                      f"fwd+bwd {fwdbwd_ms:.4f} ms", flush=True)
+            here = [r for r in results if (r["op"], r["M"], r["N"]) == (op, m, n)]
+            best_f = min(here, key=lambda r: r["fwd_ms"])
+            best_b = min(here, key=lambda r: r["fwdbwd_ms"])
+            print(f"  best: fwd {json.dumps(best_f['tuning'])}, fwd+bwd {json.dumps(best_b['tuning'])}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``resnorm bench`` and ``benchmarks/add_norm.py``; returns the exit status."""
     args = parse_args(argv)
@@ -352,6 +407,16 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("resnorm bench: Triton is not installed; pip install 'resnorm[triton]'.", file=sys.stderr)
         return 2
+    if args.tune:
+        import triton
+
+        tuning = run_tuning(args)
+        out = Path(args.out) / f"{_file_stem(torch.cuda.get_device_name())}-tuning.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"device": torch.cuda.get_device_name(), "triton": triton.__version__,
+                                   "rows": tuning}, indent=1) + "\n")
+        print(f"wrote {out}")
+        return 0
     result = run_sweep(args)
     json_path, md_path = write_results(result, args.out)
     print()

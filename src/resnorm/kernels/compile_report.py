@@ -71,7 +71,7 @@ def row_terms_variant(n: int, dtype: torch.dtype, kind: str) -> Variant:
     sig = {"DY": p, "RO": p, "W": p, "Mean": f32, "Rstd": f32, "MeanOut": f32, "RstdOut": f32, "C1": f32,
            "C2": f32, "stride_dy": "i32", "stride_ro": "i32", "M": "i32", "N": "i32", "eps": "fp32"}
     const = dict(IS_RMS=kind == "rms", HAS_WEIGHT=True, ZERO_CENTERED=True, RECOMPUTE_STATS=True,
-                 BLOCK_N=launch.WIDE_BLOCK_N)
+                 BLOCK_N=launch.TUNING.wide_bwd_block_n)
     sig.update({k: "constexpr" for k in const})
     return Variant(f"bwd row terms {kind} n={n}", triton_kernels.add_norm_bwd_row_terms_kernel, sig, const, 8)
 

@@ -19,7 +19,7 @@ import math
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -28,14 +28,47 @@ import torch
 _KERNEL_FILE = Path(__file__).with_name("triton_kernels.py")
 _INTERPRETED_NAME = "resnorm.kernels._triton_kernels_interpreted"
 
-# Widest row held in one program (elements). Wider rows loop over column blocks of the "wide" size.
-MAX_SINGLE_BLOCK_N = 16384
-WIDE_BLOCK_N = 4096  # column block of the wide-row backward
-BWD_WARPS_PER_SM = 16  # persistent backward: resident warps per SM (register-limited)
-WIDE_FWD_BLOCK_N = 8192  # column block of the wide-row forward
-# Wide-row forward: programs per SM. Few rows in flight keep the second pass's re-read in L2
-# (132 rows x 256 KB of x + residual at N = 65536 bf16 = 33 MB < 50 MB on an H100).
-WIDE_FWD_PROGRAMS_PER_SM = 1
+@dataclass(frozen=True)
+class GpuTuning:
+    """Launch heuristics for CUDA (the interpreter uses its own). Defaults are reasoned, not measured
+    (benchmarks/NOTES.md); ``resnorm bench --tune`` times alternatives, ``tuned(...)`` applies them."""
+
+    max_single_block_n_fwd: int = 16384  # widest row (elements) one forward program holds in registers
+    max_single_block_n_bwd: int = 16384  # the same for the backward
+    fwd_tile: int = 4096  # elements per forward program (several short rows per program)
+    fwd_warp_elems: int = 512  # forward elements per warp: num_warps = tile / this, in [2, 16]
+    bwd_tile: int = 2048
+    bwd_warp_elems: int = 512  # backward: num_warps in [2, 32]
+    bwd_warps_per_sm: int = 16  # persistent backward: resident warps per SM (register-limited)
+    # Wide rows. Forward: a persistent grid; few rows in flight keep the second pass's re-read in L2
+    # (132 rows x 256 KB of x + residual at N = 65536 bf16 = 33 MB < 50 MB on an H100).
+    wide_fwd_block_n: int = 8192
+    wide_fwd_warps: int = 16
+    wide_fwd_programs_per_sm: int = 1
+    wide_bwd_block_n: int = 4096
+    wide_bwd_warps: int = 8
+    wide_bwd_programs_per_sm: int = 4
+
+
+TUNING = GpuTuning()
+
+
+@contextlib.contextmanager
+def tuned(**changes: int) -> Iterator[GpuTuning]:
+    """Use ``GpuTuning`` fields ``changes`` inside a ``with`` block (for tuning sweeps)."""
+    global TUNING
+    unknown = set(changes) - set(GpuTuning.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown tuning field(s) {sorted(unknown)}; "
+                         f"expected among {sorted(GpuTuning.__dataclass_fields__)}")
+    previous = TUNING
+    TUNING = replace(previous, **changes)
+    try:
+        yield TUNING
+    finally:
+        TUNING = previous
+
+
 _max_block_n_override: int | None = None
 
 
@@ -151,42 +184,41 @@ class BackwardConfig:
 
 
 def forward_config(m: int, n: int, device: torch.device) -> ForwardConfig:
-    """Whole rows in one program up to MAX_SINGLE_BLOCK_N, several short rows per program so that a
-    program moves at least ~4K elements (GPU) or ~16K (interpreter: fewer, larger programs). Wider
-    rows: a persistent grid of WIDE_FWD_PROGRAMS_PER_SM per SM looping over column blocks."""
-    limit = _max_block_n_override or MAX_SINGLE_BLOCK_N
+    """Whole rows in one program up to ``max_single_block_n_fwd``, several short rows per program so
+    that a program moves at least ``fwd_tile`` elements (interpreter: 16K, fewer and larger programs).
+    Wider rows: a persistent grid looping over column blocks."""
+    tune, on_gpu = TUNING, device.type == "cuda"
+    limit = _max_block_n_override or tune.max_single_block_n_fwd
     block_n = _next_pow2(n)
-    on_gpu = device.type == "cuda"
     if block_n > limit:
-        wide = min(limit, WIDE_FWD_BLOCK_N) if _max_block_n_override is None else limit
-        programs = max(1, min(m, _programs_budget(device) * WIDE_FWD_PROGRAMS_PER_SM))
-        return ForwardConfig(1, wide, False, 16 if on_gpu else 1, programs)
-    tile = 4096 if on_gpu else 16384
+        wide = limit if _max_block_n_override else min(limit, tune.wide_fwd_block_n)
+        per_sm = tune.wide_fwd_programs_per_sm if on_gpu else 1
+        programs = max(1, min(m, _programs_budget(device) * per_sm))
+        return ForwardConfig(1, wide, False, tune.wide_fwd_warps if on_gpu else 1, programs)
+    tile = tune.fwd_tile if on_gpu else 16384
     block_m = max(1, min(tile // block_n, 16 if on_gpu else 256, _next_pow2(max(m, 1))))
-    num_warps = min(16, max(2, block_m * block_n // 512)) if on_gpu else 1
+    num_warps = min(16, max(2, block_m * block_n // tune.fwd_warp_elems)) if on_gpu else 1
     return ForwardConfig(block_m, block_n, True, num_warps, -(-m // block_m))
 
 
 def backward_config(m: int, n: int, device: torch.device) -> BackwardConfig:
-    """Persistent grid: G x C programs, G a multiple of the SM count where the rows allow it."""
-    limit = _max_block_n_override or MAX_SINGLE_BLOCK_N
+    """Persistent grid: G x C programs, G a multiple of the SM count where the rows allow it, sized so
+    that all programs are resident at once."""
+    tune, on_gpu = TUNING, device.type == "cuda"
+    limit = _max_block_n_override or tune.max_single_block_n_bwd
     block_n = _next_pow2(n)
-    on_gpu = device.type == "cuda"
     budget = _programs_budget(device)
     if block_n > limit:
-        wide = min(limit, WIDE_BLOCK_N) if _max_block_n_override is None else limit
+        wide = limit if _max_block_n_override else min(limit, tune.wide_bwd_block_n)
         col_blocks = -(-n // wide)
-        target = budget * 4 if on_gpu else budget
+        target = budget * tune.wide_bwd_programs_per_sm if on_gpu else budget
         groups = max(1, min(m, target // col_blocks))
-        return BackwardConfig(1, wide, False, 8 if on_gpu else 1, groups, col_blocks)
-    tile = 2048 if on_gpu else 16384
+        return BackwardConfig(1, wide, False, tune.wide_bwd_warps if on_gpu else 1, groups, col_blocks)
+    tile = tune.bwd_tile if on_gpu else 16384
     block_m = max(1, min(tile // block_n, 16 if on_gpu else 256, _next_pow2(max(m, 1))))
-    elements = block_m * block_n
     if on_gpu:
-        num_warps = min(32, max(2, elements // 512))
-        # all G programs resident at once: ~100-128 registers per thread (compile_report) and 64K
-        # registers per SM allow 16 warps of them per SM
-        per_sm = max(1, BWD_WARPS_PER_SM // num_warps)
+        num_warps = min(32, max(2, block_m * block_n // tune.bwd_warp_elems))
+        per_sm = max(1, tune.bwd_warps_per_sm // num_warps)
     else:
         num_warps, per_sm = 1, 1
     groups = max(1, min(-(-m // block_m), budget * per_sm))
