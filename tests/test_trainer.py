@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 
 import pytest
@@ -359,3 +360,20 @@ def test_on_disk_dataset_reports_the_test_split(tmp_path):
     assert result.final["test_acc"] == pytest.approx(float((logits.argmax(1) == labels).double().mean()))
     assert result.final["test_loss"] == pytest.approx(
         float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script_method.* is deprecated:DeprecationWarning")
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="torch.compile on CPU needs a C compiler")
+def test_compile_matches_eager(tmp_path):
+    """torch.compile (probe hooks toggling on probe steps) gives the eager losses within float tolerance."""
+    config = tiny_mlp(steps=4, eval_every=2, probe_every=2)
+    eager = train(config, tmp_path / "eager", progress=False)
+    compiled = train(config.replace(compile=True, threads=1), tmp_path / "compiled", progress=False)
+    assert compiled.status == "completed"
+    a = [r["loss"] for r in read_metrics(eager.out_dir, "train")]
+    b = [r["loss"] for r in read_metrics(compiled.out_dir, "train")]
+    assert b == pytest.approx(a, rel=1e-4)
+    assert read_metrics(compiled.out_dir, "probe")[-1]["grad_norm"] == pytest.approx(
+        read_metrics(eager.out_dir, "probe")[-1]["grad_norm"], rel=1e-3)

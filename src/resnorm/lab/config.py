@@ -97,6 +97,7 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     compile: bool = False
+    threads: int = 0  # CPU intra-op threads for the run (torch.set_num_threads); 0 = leave torch's default
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
@@ -125,7 +126,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE_INT = ("depth", "width", "n_layer", "n_head", "d_model", "block_size", "batch_size", "steps",
                 "text_max_chars", "spike_window")
 NON_NEGATIVE_INT = ("warmup_steps", "eval_every", "eval_batches", "log_every", "probe_every",
-                    "checkpoint_every", "seed", "split_seed")
+                    "checkpoint_every", "seed", "split_seed", "threads")
 NON_NEGATIVE_FLOAT = ("lr", "weight_decay", "momentum", "grad_clip", "spike_sigma")
 
 

@@ -427,12 +427,16 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, ove
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     validate(config)
     out_dir = Path(out_dir)
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     ctx = init_distributed(config.device)
     try:
         return _train(config, out_dir, ctx, resume=resume, overwrite=overwrite, progress=progress,
                       on_step=on_step)
     finally:
         ctx.close()
+        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, *, resume: bool, overwrite: bool,
