@@ -349,7 +349,8 @@ TUNE_CANDIDATES = (
     {}, {"fwd_tile": 8192}, {"fwd_tile": 2048}, {"fwd_warp_elems": 256}, {"fwd_warp_elems": 1024},
     {"bwd_tile": 4096}, {"bwd_tile": 1024}, {"bwd_warp_elems": 256}, {"bwd_warp_elems": 1024},
     {"bwd_warps_per_sm": 32}, {"bwd_warps_per_sm": 8}, {"max_single_block_n_bwd": 8192},
-    {"wide_fwd_programs_per_sm": 2}, {"wide_fwd_block_n": 4096}, {"wide_fwd_warps": 8},
+    {"wide_fwd_programs_per_sm": 2}, {"wide_fwd_programs_per_sm": 0.5}, {"wide_fwd_programs_per_sm": 0.25},
+    {"wide_fwd_block_n": 4096}, {"wide_fwd_warps": 8},
     {"wide_bwd_programs_per_sm": 8}, {"wide_bwd_programs_per_sm": 2}, {"wide_bwd_block_n": 8192},
 )
 

@@ -44,7 +44,7 @@ class GpuTuning:
     # (132 rows x 256 KB of x + residual at N = 65536 bf16 = 33 MB < 50 MB on an H100).
     wide_fwd_block_n: int = 8192
     wide_fwd_warps: int = 16
-    wide_fwd_programs_per_sm: int = 1
+    wide_fwd_programs_per_sm: float = 1.0  # < 1 at N = 262144 keeps the rows in flight within L2
     wide_bwd_block_n: int = 4096
     wide_bwd_warps: int = 8
     wide_bwd_programs_per_sm: int = 4
@@ -54,7 +54,7 @@ TUNING = GpuTuning()
 
 
 @contextlib.contextmanager
-def tuned(**changes: int) -> Iterator[GpuTuning]:
+def tuned(**changes: float) -> Iterator[GpuTuning]:
     """Use ``GpuTuning`` fields ``changes`` inside a ``with`` block (for tuning sweeps)."""
     global TUNING
     unknown = set(changes) - set(GpuTuning.__dataclass_fields__)
@@ -193,7 +193,7 @@ def forward_config(m: int, n: int, device: torch.device) -> ForwardConfig:
     if block_n > limit:
         wide = limit if _max_block_n_override else min(limit, tune.wide_fwd_block_n)
         per_sm = tune.wide_fwd_programs_per_sm if on_gpu else 1
-        programs = max(1, min(m, _programs_budget(device) * per_sm))
+        programs = max(1, min(m, int(_programs_budget(device) * per_sm)))
         return ForwardConfig(1, wide, False, tune.wide_fwd_warps if on_gpu else 1, programs)
     tile = tune.fwd_tile if on_gpu else 16384
     block_m = max(1, min(tile // block_n, 16 if on_gpu else 256, _next_pow2(max(m, 1))))
