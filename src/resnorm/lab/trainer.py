@@ -599,7 +599,7 @@ def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, *, resume: bool
                     save("periodic")
                 if on_step is not None:
                     on_step(step)
-                if stop_votes > 0 or stop.requested and not ctx.distributed:
+                if stop_votes > 0 or (stop.requested and not ctx.distributed):
                     status = "interrupted"
                     break
     except KeyboardInterrupt:  # raised mid-step (second Ctrl-C, or by on_step): no collective calls now
@@ -607,6 +607,9 @@ def _train(config: TrainConfig, out_dir: Path, ctx: DistContext, *, resume: bool
         interrupted_hard = True
         if probe is not None and probe.active:
             probe.cancel()
+    except BaseException:  # a real error: keep what was logged, then let it propagate
+        log.close()
+        raise
     finally:
         if bar is not None:
             bar.close()
