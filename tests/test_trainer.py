@@ -182,7 +182,17 @@ def test_sigint_finishes_the_step_and_saves(tmp_path):
     assert result.status == "interrupted" and result.steps == 3
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
     assert json.loads((tmp_path / "run" / "result.json").read_text())["status"] == "interrupted"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_sigterm_stops_like_ctrl_c(tmp_path):
+    def on_step(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = train(tiny_mlp(), tmp_path / "run", progress=False, on_step=on_step)
+    assert result.status == "interrupted" and result.steps == 2
 
 
 def test_second_sigint_stops_at_once_and_still_saves(tmp_path):

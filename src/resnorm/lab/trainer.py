@@ -9,8 +9,8 @@ the checkpoint holds model, optimizer, step, loss history, probe summary and eve
 learning rate is a pure function of the step, so ``resume=True`` continues exactly: on CPU a run
 stopped after k steps and resumed writes the same metrics as an uninterrupted one.
 
-Stopping: Ctrl-C (SIGINT) finishes the current step, saves a checkpoint and returns status
-"interrupted" (a second Ctrl-C raises at once). A non-finite loss or gradient norm stops the run
+Stopping: Ctrl-C (SIGINT) or SIGTERM finishes the current step, saves a checkpoint and returns status
+"interrupted" (a second signal stops at once, still saving). A non-finite loss or gradient norm stops the run
 before the optimizer applies the step: status "diverged" at that step, every metric kept, and the
 last good checkpoint left in place (a checkpoint is never written from non-finite weights).
 
@@ -340,15 +340,19 @@ class MetricsLog:
 
 
 class _StopRequest:
-    """SIGINT -> finish the step, then stop; a second SIGINT raises KeyboardInterrupt immediately."""
+    """SIGINT (Ctrl-C) or SIGTERM (schedulers, torchrun's shutdown) -> finish the step, save, stop; a
+    second signal raises KeyboardInterrupt at once (the run is still saved, without waiting for the step)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -357,8 +361,9 @@ class _StopRequest:
         self.requested = True
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
 
 
 def _autocast(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
