@@ -480,3 +480,24 @@ def test_tuning_candidates_and_dry_run(monkeypatch):
     args = bench.parse_args(["--shapes", "4x32", "--ops", "add_rmsnorm", "--tune"])
     rows = bench.run_tuning(args, device="cpu", do_bench=lambda fn, **kw: (fn(), 0.25)[1])
     assert [r["tuning"] for r in rows] == [{}] and rows[0]["fwdbwd_ms"] == 0.25
+
+
+def test_plain_norm_writes_no_residual_copy_and_float64_is_refused():
+    from resnorm.kernels import add_norm as kernel_add_norm
+
+    x = torch.randn(6, 40, requires_grad=True)
+    w = torch.randn(40, requires_grad=True)
+    kw = dict(kind="rms", eps=1e-6, out_dtype=F32)
+    y, ro = kernel_add_norm(x, None, w, None, residual_dtype=F32, **kw)
+    assert ro is x  # nothing written: residual_out would equal x (as in the PyTorch path)
+    y64, _ = ref64(x.detach(), None, w.detach(), None, kind="rms", eps=1e-6, zero_centered_weight=False)
+    assert (y.double() - y64).abs().max() < 1e-5
+    dx, dw = torch.autograd.grad(y.sum(), (x, w))  # the backward read x in place of residual_out
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    dx64, dw64 = torch.autograd.grad(ref64(x64, None, w64, None, kind="rms", eps=1e-6,
+                                           zero_centered_weight=False)[0].sum(), (x64, w64))
+    assert (dx.double() - dx64).abs().max() < 1e-4 and (dw.double() - dw64).abs().max() < 1e-4
+    _, ro_bf16 = kernel_add_norm(x, None, w, None, residual_dtype=BF16, **kw)
+    assert ro_bf16.dtype == BF16 and torch.equal(ro_bf16, x.detach().to(BF16))
+    with pytest.raises(TypeError, match="float64"):
+        kernel_add_norm(x.double(), None, w, None, residual_dtype=torch.float64, **kw)

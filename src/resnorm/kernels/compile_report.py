@@ -43,7 +43,7 @@ def forward_variant(m: int, n: int, dtype: torch.dtype, kind: str, device: torch
            "stride_x": "i32", "stride_r": "i32", "stride_y": "i32", "stride_ro": "i32",
            "M": "i32", "N": "i32", "eps": "fp32", "dropout_p": "fp32", "dropout_scale": "fp32"}
     const = dict(IS_RMS=kind == "rms", HAS_RESIDUAL=True, HAS_WEIGHT=True, HAS_BIAS=kind == "layer",
-                 ZERO_CENTERED=False, HAS_DROPOUT=False, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+                 ZERO_CENTERED=False, HAS_DROPOUT=False, STORE_RESIDUAL=True, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                  SINGLE_BLOCK=cfg.single_block, SOFT_BF16=False)
     sig.update({k: "constexpr" for k in const})
     return Variant(f"fwd {kind} {m}x{n} bm={cfg.block_m} bn={cfg.block_n} w={cfg.num_warps}",

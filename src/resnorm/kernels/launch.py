@@ -253,10 +253,12 @@ def forward(
     dropout_p: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(y, residual_out, mean, rstd)``; y and residual_out have x's shape (contiguous),
-    mean and rstd are fp32 of shape ``x.shape[:-1]`` (mean is empty for RMSNorm)."""
+    mean and rstd are fp32 of shape ``x.shape[:-1]`` (mean is empty for RMSNorm). residual_out is an
+    empty tensor when it would equal x (``stores_residual`` is False): nothing is written for it."""
     n = x.shape[-1]
+    store_residual = stores_residual(x, residual, residual_dtype, dropout_p)
     y = torch.empty(x.shape, dtype=out_dtype, device=x.device)
-    residual_out = torch.empty(x.shape, dtype=residual_dtype, device=x.device)
+    residual_out = torch.empty(x.shape if store_residual else (0,), dtype=residual_dtype, device=x.device)
     m = math.prod(x.shape[:-1])
     is_rms = kind == "rms"
     mean = torch.empty(0 if is_rms else x.shape[:-1], dtype=torch.float32, device=x.device)
@@ -265,7 +267,8 @@ def forward(
         return y, residual_out, mean, rstd
     x2 = rows_view(x)
     r2 = rows_view(residual) if residual is not None else x2
-    y2, ro2 = y.view(m, n), residual_out.view(m, n)
+    y2 = y.view(m, n)
+    ro2 = residual_out.view(m, n) if store_residual else y2
     has_dropout = dropout_p > 0.0
     cfg = forward_config(m, n, x.device)
     kernels = kernels_for(x.device)
@@ -277,10 +280,18 @@ def forward(
         m, n, float(eps), float(dropout_p), 1.0 / (1.0 - dropout_p),
         IS_RMS=is_rms, HAS_RESIDUAL=residual is not None, HAS_WEIGHT=weight is not None,
         HAS_BIAS=bias is not None, ZERO_CENTERED=zero_centered_weight, HAS_DROPOUT=has_dropout,
+        STORE_RESIDUAL=store_residual,
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block,
         SOFT_BF16=x.device.type != "cuda", num_warps=cfg.num_warps,
     )
     return y, residual_out, mean, rstd
+
+
+def stores_residual(x: torch.Tensor, residual: torch.Tensor | None, residual_dtype: torch.dtype,
+                    dropout_p: float) -> bool:
+    """False when residual_out = dropout(x) + residual would be x itself: the forward then writes
+    nothing for it and the backward reads x (layer_norm / rms_norm calls pay for no copy)."""
+    return residual is not None or dropout_p > 0.0 or residual_dtype != x.dtype
 
 
 def triton_cdiv(a: int, b: int) -> int:

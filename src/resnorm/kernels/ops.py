@@ -17,6 +17,8 @@ from resnorm.kernels import launch
 
 __all__ = ["add_norm", "add_norm_fwd", "add_norm_bwd"]
 
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
 
 @torch.library.custom_op("resnorm::add_norm_fwd", mutates_args=())
 def add_norm_fwd(
@@ -41,7 +43,8 @@ def add_norm_fwd(
 def _add_norm_fwd_fake(x, residual, weight, bias, seed, kind, eps, residual_dtype, out_dtype,
                        zero_centered_weight, dropout_p):
     y = x.new_empty(x.shape, dtype=out_dtype)
-    residual_out = x.new_empty(x.shape, dtype=residual_dtype)
+    stored = launch.stores_residual(x, residual, residual_dtype, dropout_p)
+    residual_out = x.new_empty(x.shape if stored else (0,), dtype=residual_dtype)
     rstd = x.new_empty(x.shape[:-1], dtype=torch.float32)
     mean = x.new_empty((0,) if kind == "rms" else x.shape[:-1], dtype=torch.float32)
     return y, residual_out, mean, rstd
@@ -99,7 +102,10 @@ def _add_norm_bwd_fake(dy, d_residual_out, residual_out, weight, mean, rstd, see
 def _setup_context(ctx, inputs, output) -> None:
     x, residual, weight, bias, seed, kind, eps, residual_dtype, out_dtype, zero_centered_weight, dropout_p = inputs
     _, residual_out, mean, rstd = output
+    if not launch.stores_residual(x, residual, residual_dtype, dropout_p):
+        residual_out = x  # s = x: saved instead of a copy
     ctx.save_for_backward(residual_out, weight, mean, rstd, seed)
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros to read
     ctx.kind = kind
     ctx.eps = eps
     ctx.zero_centered_weight = zero_centered_weight
@@ -113,6 +119,8 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, dy, d_residual_out, _d_mean, _d_rstd):
     residual_out, weight, mean, rstd, seed = ctx.saved_tensors
     needs = ctx.needs_input_grad
+    if d_residual_out is not None and d_residual_out.numel() == 0:  # the unstored residual_out
+        d_residual_out = None
     if dy is None:
         dy = torch.zeros(residual_out.shape, dtype=ctx.out_dtype, device=residual_out.device)
     weight_grad = weight is not None and needs[2]
@@ -152,6 +160,10 @@ def add_norm(
     Dropout draws one int64 seed per call (from ``generator`` or the default generator of x's device,
     so ``torch.manual_seed`` makes runs reproducible); the mask is regenerated from it in the backward.
     """
+    for name, t in (("x", x), ("residual", residual), ("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype not in _KERNEL_DTYPES:
+            raise TypeError(f"the Triton kernels take float32, float16 or bfloat16 tensors; {name} is {t.dtype} "
+                            "(use RESNORM_BACKEND=torch)")
     seed = None
     if dropout_p > 0.0:
         seed_device = generator.device if generator is not None else x.device
@@ -160,4 +172,6 @@ def add_norm(
     y, residual_out, _, _ = torch.ops.resnorm.add_norm_fwd(
         x, residual, weight, bias, seed, kind, float(eps), residual_dtype, out_dtype,
         bool(zero_centered_weight), float(dropout_p))
+    if not launch.stores_residual(x, residual, residual_dtype, dropout_p):
+        residual_out = x  # as the PyTorch path: functional.add_norm copies it only if it returns it
     return y, residual_out

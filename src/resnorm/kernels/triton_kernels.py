@@ -74,10 +74,11 @@ def add_norm_fwd_kernel(
     stride_x, stride_r, stride_y, stride_ro,
     M, N, eps, dropout_p, dropout_scale,
     IS_RMS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    ZERO_CENTERED: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    ZERO_CENTERED: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_RESIDUAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE_BLOCK: tl.constexpr, SOFT_BF16: tl.constexpr,
 ):
     """One program per tile of BLOCK_M rows. SINGLE_BLOCK: the whole row fits in BLOCK_N columns.
+    STORE_RESIDUAL is off when residual_out would equal x (no residual, no dropout, same dtype).
 
     Otherwise (wide rows, BLOCK_M == 1) two passes over column blocks: the first writes residual_out
     and accumulates the statistics (per-lane Welford, merged with Chan et al.'s formula, for
@@ -100,7 +101,8 @@ def add_norm_fwd_kernel(
             s = tl.where(keep, s * dropout_scale, 0.0)
         if HAS_RESIDUAL:
             s += tl.load(R + rows64[:, None] * stride_r + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(RO + rows64[:, None] * stride_ro + cols[None, :], _cast(s, RO.dtype.element_ty, SOFT_BF16), mask=mask)
+        if STORE_RESIDUAL:
+            tl.store(RO + rows64[:, None] * stride_ro + cols[None, :], _cast(s, RO.dtype.element_ty, SOFT_BF16), mask=mask)
         if IS_RMS:
             xc = s
         else:
@@ -142,7 +144,8 @@ def add_norm_fwd_kernel(
                     s = tl.where(keep, s * dropout_scale, 0.0)
                 if HAS_RESIDUAL:
                     s += tl.load(r_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-                tl.store(ro_row[:, None] + cols[None, :], _cast(s, RO.dtype.element_ty, SOFT_BF16), mask=mask)
+                if STORE_RESIDUAL:
+                    tl.store(ro_row[:, None] + cols[None, :], _cast(s, RO.dtype.element_ty, SOFT_BF16), mask=mask)
                 if IS_RMS:
                     acc_m2 += s * s
                 else:
