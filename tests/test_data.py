@@ -278,3 +278,13 @@ def test_stdlib_corpus_is_deterministic_and_capped():
     assert "def " in a and "import " in a
     data = load_text_data("stdlib", max_chars=50_000, val_fraction=0.1)
     assert data.train.numel() + data.val.numel() == 50_000
+
+
+def test_channel_stats_in_chunks_match_float64_reference():
+    from resnorm.data.images import channel_stats
+
+    images = torch.randint(0, 256, (1000, 3, 5, 5), dtype=torch.uint8)
+    mean, std = channel_stats(images, 255.0, chunk=77)
+    reference = (images.double() / 255).transpose(0, 1).reshape(3, -1)
+    torch.testing.assert_close(mean.double(), reference.mean(1), rtol=0, atol=1e-7)
+    torch.testing.assert_close(std.double(), reference.std(1), rtol=0, atol=1e-7)

@@ -133,6 +133,26 @@ def random_flip_crop(images: torch.Tensor, generator: torch.Generator, pad: int 
     return padded[batch, channels, rows, cols]
 
 
+def channel_stats(images: torch.Tensor, max_value: float,
+                  chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (unbiased) std of ``images / max_value`` over (N, H, W), accumulated in float64
+    chunk by chunk, so a 50k-image uint8 set never exists as one float64 copy. For uint8 pixels the sums
+    stay below 2^53 (exact in float64), so the one-pass variance formula loses nothing."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_sq = torch.zeros(channels, dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        part = images[start : start + chunk].double()
+        total += part.sum(dim=(0, 2, 3))
+        total_sq += part.pow(2).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    if count < 2:
+        return torch.zeros(channels), torch.ones(channels)
+    mean = total / count
+    var = (total_sq - count * mean**2) / (count - 1)
+    return (mean / max_value).float(), (var.clamp_min(0).sqrt() / max_value).clamp_min(1e-6).float()
+
+
 def augment_generator(seed: int, step: int) -> torch.Generator:
     """The generator for step ``step``'s augmentation (a pure function of seed and step)."""
     return generator_for(seed, counter=step, stream=3)
@@ -158,8 +178,6 @@ def prepare_images(raw: RawImages, *, layout: str = "conv", val_fraction: float 
     val_x, val_y = images[val_idx], labels[val_idx]
     if val_x.shape[0] == 0 and test_x is not None:  # no held-out split asked for: validate on the test set
         val_x, val_y = test_x, test_y
-    scaled = train_x.double() / raw.max_value
-    mean = scaled.mean(dim=(0, 2, 3))
-    std = scaled.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    mean, std = channel_stats(train_x, raw.max_value)
     return ImageData(raw.name, layout, train_x, train_y, val_x, val_y, test_x, test_y, mean.float(),
                      std.float(), raw.max_value, raw.num_classes)
