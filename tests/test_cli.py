@@ -157,6 +157,12 @@ def test_train_writes_plots_and_report_and_never_overwrites(capsys, tmp_path):
     assert (out / "metrics.jsonl").read_bytes() == before
     code, _, err = run_cli(capsys, [*argv, "--overwrite"])
     assert code == 0, err
+    # --resume continues from the checkpoint to the new step count
+    code, _, err = run_cli(capsys, [*argv[:3], "steps=9", *argv[4:], "--resume"])
+    assert code == 0, err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == list(range(1, 10))
+    assert any(r["kind"] == "event" and r["event"] == "resumed" for r in records)
 
 
 def test_compare_end_to_end_then_report(capsys, tmp_path):

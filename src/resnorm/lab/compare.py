@@ -356,8 +356,7 @@ def run_compare(
         if bar is not None:
             bar.close()
 
-    report_path = report.build_report([out_dir], out_dir / "report.html", rebuild_run_plots=False,
-                                      title=f"resnorm compare: {model} on {study['data']}")
+    report_path = report.build_report([out_dir], out_dir / "report.html", rebuild_run_plots=False)
     runs = [report.load_run(item.run_dir, item.design.name, item.depth) for item in plan]
     rows = [report.summarize(r) for r in runs]
     (out_dir / "summary.txt").write_text(report.format_summary_table(rows) + "\n", encoding="utf-8")

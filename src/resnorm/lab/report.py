@@ -298,12 +298,17 @@ def render_html(
                  f"'result': trained = final training loss below {TRAINED_LOSS_FRACTION:.0%} of its "
                  "first value; 'grad first/last' = gradient norm of the first block over that of the "
                  "last (mean over probes; &lt;&lt; 1 means gradients vanish toward the input).</p>")
-    parts.append("<h2>Summary</h2>")
+    parts.append("<h2>Summary</h2><div class='study'>")
     parts.append(_summary_table_html(rows))
+    first = "study_accuracy.png"
+    if first in study_images:
+        parts.append(f"<figure class='beside'>{_img(study_images[first], STUDY_PLOTS[first])}"
+                     f"<figcaption>{html.escape(STUDY_PLOTS[first])}</figcaption></figure>")
+    parts.append("</div>")
     if study_images:
         parts.append("<h2>Comparison</h2><div class='study'>")
         for name, caption in STUDY_PLOTS.items():
-            if name in study_images:
+            if name in study_images and name != first:
                 parts.append(f"<figure>{_img(study_images[name], caption)}"
                              f"<figcaption>{html.escape(caption)}</figcaption></figure>")
         parts.append("</div>")
@@ -344,15 +349,17 @@ body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1
 h1 {{ font-size: 1.5em; margin-bottom: 0.2em; }}
 h2 {{ font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }}
 .meta {{ color: #555; font-size: 0.9em; max-width: 70em; }}
-table.summary {{ border-collapse: collapse; font-size: 0.92em; }}
-table.summary th, table.summary td {{ border: 1px solid #ccc; padding: 3px 9px; text-align: right; }}
+table.summary {{ border-collapse: collapse; font-size: 0.88em; }}
+table.summary th, table.summary td {{ border: 1px solid #ccc; padding: 2px 7px; text-align: right; }}
 table.summary th {{ background: #f3f3f3; }}
 table.summary td.text {{ text-align: left; }}
 td.trained {{ background: #e3f4e1; }}
 td.stuck {{ background: #fbeed5; }}
 td.diverged {{ background: #f9dcdc; }}
-.study {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+.study {{ display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }}
 .study figure {{ margin: 0; }}
+.study figure.beside {{ flex: 1 1 380px; max-width: 650px; }}
+.study figure.beside img {{ width: 100%; }}
 .study img {{ max-width: 100%; }}
 figcaption {{ font-size: 0.85em; color: #555; text-align: center; }}
 .scroll {{ overflow-x: auto; }}
@@ -389,6 +396,11 @@ def _default_title(runs: Sequence[RunData], paths: Sequence[str | Path]) -> str:
     if len(runs) == 1:
         return f"resnorm run {runs[0].name}"
     if len(paths) == 1:
+        study = Path(paths[0]) / "study.json"
+        if study.is_file():
+            meta = json.loads(study.read_text(encoding="utf-8"))
+            if meta.get("kind") == "compare" and meta.get("model") and meta.get("data"):
+                return f"resnorm compare: {meta['model']} on {meta['data']}"
         return f"resnorm study {Path(paths[0]).resolve().name}"
     return f"resnorm report: {len(runs)} runs"
 
