@@ -24,7 +24,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def write_run(folder, *, depth=4, steps=40, vanish=1.0, diverge_at=None, acc_end=0.9, placement="pre",
-              norm="layernorm", result=True, probe_every=10):
+              norm="layernorm", result=True, probe_every=10, entropy=None):
     """A run folder as the trainer writes it. Block b's gradient norm is vanish**(depth-1-b)."""
     folder.mkdir(parents=True)
     config = {"model": "residual-mlp", "data": "mnist5k", "depth": depth, "width": 8,
@@ -47,7 +47,8 @@ def write_run(folder, *, depth=4, steps=40, vanish=1.0, diverge_at=None, acc_end
             grads = [vanish ** (depth - 1 - b) * (1 + 0.1 * step / steps) for b in range(depth)]
             lines.append({"kind": "probe", "step": step, "block_names": names, "grad_norm": grads,
                           "act_rms": [1.0 + b for b in range(depth)], "update_ratio": [1e-3] * depth,
-                          "global_grad_norm": math.sqrt(sum(g * g for g in grads)), "attn_entropy": []})
+                          "global_grad_norm": math.sqrt(sum(g * g for g in grads)),
+                          "attn_entropy": [] if entropy is None else [entropy] * depth})
         if step % 10 == 0:
             lines.append({"kind": "val", "step": step, "loss": loss * 1.1, "acc": acc_end * step / steps})
     text = "\n".join(json.dumps(r) for r in lines) + "\n"
@@ -172,3 +173,13 @@ def test_summary_table_text(study):
     assert lines[0].split()[:3] == ["design", "depth", "result"]
     assert lines[2].split()[:4] == ["pre-norm", "4", "trained", "90.0%"]
     assert lines[3].split()[:3] == ["plain", "8", "diverged"]
+
+
+def test_attention_entropy_adds_a_panel_to_the_act_rms_figure(tmp_path):
+    plain = report.load_run(write_run(tmp_path / "a", depth=3))
+    gpt = report.load_run(write_run(tmp_path / "b", depth=3, entropy=2.5))
+    width_plain, _ = png_size(plots.plot_act_rms(plain, tmp_path / "a.png").read_bytes())
+    width_gpt, _ = png_size(plots.plot_act_rms(gpt, tmp_path / "b.png").read_bytes())
+    assert width_gpt > 1.5 * width_plain
+    steps, matrix = plots.grad_norm_matrix(gpt.probes, key="attn_entropy")
+    assert matrix.shape == (3, len(gpt.probes)) and np.all(matrix == 2.5)

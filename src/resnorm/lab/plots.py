@@ -183,8 +183,14 @@ def plot_grad_heatmap(run: RunData, path: str | Path) -> Path:
 
 
 def plot_act_rms(run: RunData, path: str | Path, n_curves: int = 5) -> Path:
-    """Activation RMS of each block's output against depth, at up to ``n_curves`` probe steps."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+    """Activation RMS of each block's output against depth, at up to ``n_curves`` probe steps; for runs
+    that record attention entropy (gpt), a second panel with each layer's entropy over training."""
+    with_entropy = any(p.get("attn_entropy") for p in run.probes)
+    if with_entropy:
+        fig, (ax, ax_ent) = plt.subplots(1, 2, figsize=(11.0, 4.2), constrained_layout=True)
+        _plot_entropy(ax_ent, run)
+    else:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
     probes = [p for p in run.probes if p.get("act_rms")]
     if not probes:
         _empty(ax, "no probe records (probe_every = 0?)")
@@ -205,6 +211,20 @@ def plot_act_rms(run: RunData, path: str | Path, n_curves: int = 5) -> Path:
     ax.set(title=f"Activation RMS against depth\n{run_title(run)}", xlabel="block (1 = input side)",
            ylabel="RMS of the block output")
     return _save(fig, path)
+
+
+def _plot_entropy(ax, run: RunData) -> None:
+    """Mean attention entropy (nats) of each layer against the step; ln(T) is uniform attention."""
+    probes = [p for p in run.probes if p.get("attn_entropy")]
+    steps, matrix = grad_norm_matrix(probes, key="attn_entropy")
+    cmap = plt.get_cmap("viridis")
+    n_layers = matrix.shape[0]
+    for layer in range(n_layers):
+        ax.plot(steps, matrix[layer], "o-", ms=2.5, lw=1.3, color=cmap(layer / max(1, n_layers - 1) * 0.9),
+                label=f"layer {layer + 1}")
+    ax.legend(fontsize=7, ncol=2 if n_layers > 6 else 1)
+    ax.grid(alpha=0.3)
+    ax.set(title="Attention entropy per layer", xlabel="optimizer step", ylabel="entropy (nats)")
 
 
 # ----------------------------------------------------------------------------------------------
