@@ -50,7 +50,10 @@ STUDY_PLOTS = {
     "study_grad_norm.png": "Per-block gradient norm, first and last probe",
     "study_act_rms.png": "Per-block activation RMS, first and last probe",
 }
-TRAINED_LOSS_FRACTION = 0.8  # "trained": final smoothed train loss below 80% of the first logged loss
+# "trained": final smoothed train loss below 80% of the first logged loss and, for classifiers, of the
+# loss of the uniform guess, ln(10) (every image dataset resnorm.data reads has 10 classes)
+TRAINED_LOSS_FRACTION = 0.8
+CHANCE_CLASSES = 10
 
 
 @dataclass
@@ -296,7 +299,8 @@ def render_html(
     parts.append(f"<p class='meta'>{len(runs)} run(s); generated "
                  f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by resnorm.lab.report. "
                  f"'result': trained = final training loss below {TRAINED_LOSS_FRACTION:.0%} of its "
-                 "first value; 'grad first/last' = gradient norm of the first block over that of the "
+                 f"first value (classifiers: and of ln {CHANCE_CLASSES}, the uniform guess); "
+                 "'grad first/last' = gradient norm of the first block over that of the "
                  "last (mean over probes; &lt;&lt; 1 means gradients vanish toward the input).</p>")
     parts.append("<h2>Summary</h2><div class='study'>")
     parts.append(_summary_table_html(rows))
@@ -457,4 +461,9 @@ def _verdict(run: RunData, status: str) -> str:
     if not all(math.isfinite(v) for v in losses[-5:]):
         return "diverged"
     smoothed = plots.smooth(losses)
-    return "trained" if smoothed[-1] < TRAINED_LOSS_FRACTION * losses[0] else "did not train"
+    reference = losses[0]
+    if any(r.get("acc") is not None for r in run.val):
+        # a classifier: measure against chance too, so that a net whose loss blew up at the start and
+        # then settled on the uniform guess does not count as trained
+        reference = min(reference, math.log(CHANCE_CLASSES))
+    return "trained" if smoothed[-1] < TRAINED_LOSS_FRACTION * reference else "did not train"
