@@ -103,6 +103,16 @@ def test_argparse_errors_exit_2(capsys, argv, needles):
         assert needle in last
 
 
+@pytest.mark.parametrize(("model", "data", "needles"), [
+    ("residual-mlp", "no-such-data", ["no-such-data", "mnist5k", "digits"]),
+    ("gpt", "mnist5k", ["mnist5k", "stdlib"]),
+    ("gpt", "missing/corpus.txt", ["missing/corpus.txt"]),
+])
+def test_train_unknown_dataset(capsys, tmp_path, model, data, needles):
+    code, _, err = run_cli(capsys, ["train", model, f"data={data}", "--out", str(tmp_path / "r")])
+    assert_one_line_error(code, err, *needles)
+
+
 def test_report_on_a_folder_without_runs(capsys, tmp_path):
     code, _, err = run_cli(capsys, ["report", str(tmp_path)])
     assert_one_line_error(code, err, str(tmp_path), "neither a run folder")
