@@ -131,6 +131,12 @@ def test_bench_missing_module_is_one_line(capsys, monkeypatch):
     assert_one_line_error(code, err, "resnorm.bench")
 
 
+def test_bench_help_without_the_module_is_the_cli_s_own(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "resnorm.bench", None)
+    code, out, _ = run_cli(capsys, ["bench", "--help"])
+    assert code == 0 and out.startswith("usage: resnorm bench")
+
+
 def test_bench_forwards_its_arguments(capsys, monkeypatch):
     seen = []
     fake = types.ModuleType("resnorm.bench")
@@ -138,7 +144,8 @@ def test_bench_forwards_its_arguments(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "resnorm.bench", fake)
     assert main(["bench", "--sizes", "1024", "--dtype", "bf16"]) == 3
     assert main(["bench", "--", "--help"]) == 3
-    assert seen == [["--sizes", "1024", "--dtype", "bf16"], ["--help"]]
+    assert main(["bench", "-h"]) == 3
+    assert seen == [["--sizes", "1024", "--dtype", "bf16"], ["--help"], ["-h"]]
 
 
 def test_python_dash_m_resnorm_runs_the_cli():

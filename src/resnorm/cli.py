@@ -169,8 +169,8 @@ def _add_bench(sub) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmark the fused add+norm kernels (arguments go to resnorm.bench)",
-        description="Benchmark the add+norm kernels against PyTorch; every argument after 'bench' is "
-        "passed to resnorm.bench ('resnorm bench -- --help' shows its own options).",
+        description="Benchmark the add+norm kernels against PyTorch; every argument after 'bench' "
+        "(--help included) is passed to resnorm.bench.",
         add_help=True,
     )
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for resnorm.bench")
@@ -282,6 +282,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         if exc.name != "resnorm.bench":
             raise
+        if argv[:1] in (["-h"], ["--help"]):
+            build_parser().parse_args(["bench", "--help"])  # prints this command's help, exits 0
         print("resnorm: error: 'resnorm bench' is not available: resnorm.bench is not installed yet",
               file=sys.stderr)
         return 2
@@ -335,8 +337,8 @@ def _error(message: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``resnorm`` command line; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"] and argv[1:2] not in (["-h"], ["--help"]):
-        # everything after "bench" belongs to resnorm.bench, options included
+    if argv[:1] == ["bench"]:
+        # everything after "bench" belongs to resnorm.bench, options (and --help) included
         return _run(cmd_bench, argparse.Namespace(bench_args=argv[1:]))
     parser = build_parser()
     try:
@@ -350,6 +352,8 @@ def _run(command, args: argparse.Namespace) -> int:
     """Run one command, turning bad input into one ``resnorm: error:`` line and exit status 2."""
     try:
         return int(command(args) or 0)
+    except SystemExit as exc:  # an argparse inside the command (resnorm.bench's --help, its usage errors)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else _error(exc.code))
     except KeyboardInterrupt:
         print("resnorm: interrupted", file=sys.stderr)
         return 130
