@@ -8,6 +8,7 @@ import sys
 import types
 
 import pytest
+import yaml
 
 from resnorm.cli import main
 
@@ -113,6 +114,17 @@ def test_train_unknown_dataset(capsys, tmp_path, model, data, needles):
     assert_one_line_error(code, err, *needles)
 
 
+def test_train_yaml_errors_name_the_key(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("depth: 4\nwidht: 32\n")
+    code, _, err = run_cli(capsys, ["train", "residual-mlp", str(bad), "--out", str(tmp_path / "r")])
+    assert_one_line_error(code, err, "'widht'", "width")
+    two = ["train", "residual-mlp", str(bad), str(bad)]
+    code, _, err = run_cli(capsys, two)
+    assert_one_line_error(code, err, "at most one CONFIG.yaml")
+    assert not (tmp_path / "r").exists()
+
+
 def test_report_on_a_folder_without_runs(capsys, tmp_path):
     code, _, err = run_cli(capsys, ["report", str(tmp_path)])
     assert_one_line_error(code, err, str(tmp_path), "neither a run folder")
@@ -162,9 +174,15 @@ def test_python_dash_m_resnorm_runs_the_cli():
 
 def test_train_writes_plots_and_report_and_never_overwrites(capsys, tmp_path):
     out = tmp_path / "run"
-    argv = ["train", "residual-mlp", "depth=3", "steps=6", *TINY_MLP, "--out", str(out), "--no-progress"]
+    config = tmp_path / "mlp.yaml"
+    config.write_text("depth: 3\nplacement: post\nnorm: rmsnorm\nwidth: 8\n")
+    argv = ["train", "residual-mlp", str(config), "steps=6", *TINY_MLP, "--out", str(out), "--no-progress"]
     code, stdout, err = run_cli(capsys, argv)
     assert code == 0, err
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    # the YAML's values, then KEY=VALUE (width=16 in TINY_MLP wins over the file's 8)
+    assert (saved["depth"], saved["placement"], saved["norm"], saved["width"], saved["steps"]) == (
+        3, "post", "rmsnorm", 16, 6)
     assert {"config.yaml", "metrics.jsonl", "report.html", "loss.png", "grad_norm.png", "act_rms.png"} <= {
         p.name for p in out.iterdir()}
     assert "report:" in stdout
