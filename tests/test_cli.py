@@ -230,3 +230,22 @@ def test_compare_end_to_end_then_report(capsys, tmp_path):
     # the study folder is never overwritten without --overwrite
     code, _, err = run_cli(capsys, argv)
     assert_one_line_error(code, err, str(out), "--overwrite")
+
+
+def test_seeds_trains_both_systems_with_the_seed_recipe(capsys, tmp_path):
+    out = tmp_path / "seeds"
+    code, stdout, err = run_cli(capsys, ["seeds", "--epochs", "0.05", "--resnet-epochs", "0.03", "--out",
+                                         str(out), "--no-progress"])
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in stdout.splitlines() if line.startswith("seed-")}
+    assert set(rows) == {"seed-mlp", "seed-resnet"}
+    assert all(row[3] == "completed" for row in rows.values())
+    for name, model in (("seed-mlp", "seed-mlp"), ("seed-resnet", "seed-resnet")):
+        saved = yaml.safe_load((out / name / "config.yaml").read_text())
+        assert (saved["model"], saved["optimizer"], saved["lr"], saved["batch_size"], saved["data"]) == (
+            model, "adam", 1e-3, 32, "mnist5k")
+        # evaluation once per epoch: mnist5k's 5,000 digits less the 10% validation split, batches of 32
+        assert saved["eval_every"] == (5000 - 500) // 32
+        assert (out / name / "report.html").is_file()
+    code, _, err = run_cli(capsys, ["seeds", "--only", "mlp", "--epochs", "0.05", "--out", str(out)])
+    assert_one_line_error(code, err, str(out / "seed-mlp"))
