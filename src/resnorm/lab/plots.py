@@ -231,8 +231,9 @@ def _plot_entropy(ax, run: RunData) -> None:
 # a study: several designs at several depths
 
 
-def plot_study_accuracy(runs: Sequence[RunData], path: str | Path) -> Path:
-    """Final validation accuracy (or loss when there is no accuracy) against depth, one line per design."""
+def plot_study_accuracy(runs: Sequence[RunData], path: str | Path, chance: float | None = None) -> Path:
+    """Final validation accuracy (or loss when there is no accuracy) against depth, one line per design;
+    ``chance`` (a fraction) draws the accuracy of guessing."""
     designs = _ordered(r.design for r in runs)
     colors = design_colors(designs)
     use_acc = any(_final_val(r, "acc") is not None for r in runs)
@@ -254,6 +255,10 @@ def plot_study_accuracy(runs: Sequence[RunData], path: str | Path) -> Path:
         ax.set_xticklabels([str(d) for d in sorted(depths_seen)])
     if use_acc:
         ax.set(ylabel="final validation accuracy (%)", ylim=(0, 100))
+        if chance is not None:
+            ax.axhline(100.0 * chance, color="grey", ls="--", lw=1.0)
+            ax.text(0.01, 100.0 * chance + 1.5, "chance", color="grey", fontsize=8, ha="left",
+                    transform=ax.get_yaxis_transform())
     else:
         ax.set(ylabel="final validation loss (nats)")
     ax.set(title="Does it train at depth?", xlabel="depth (blocks)")

@@ -242,7 +242,8 @@ def build_study_plots(runs: Sequence[RunData], out_dir: str | Path) -> dict[str,
     """Write the study-level PNGs (accuracy vs depth, losses, gradient and activation profiles)."""
     out_dir = Path(out_dir)
     return {
-        "study_accuracy.png": plots.plot_study_accuracy(runs, out_dir / "study_accuracy.png"),
+        "study_accuracy.png": plots.plot_study_accuracy(runs, out_dir / "study_accuracy.png",
+                                                        chance=1.0 / CHANCE_CLASSES),
         "study_loss.png": plots.plot_study_losses(runs, out_dir / "study_loss.png"),
         "study_grad_norm.png": plots.plot_study_profiles(runs, out_dir / "study_grad_norm.png", "grad_norm"),
         "study_act_rms.png": plots.plot_study_profiles(runs, out_dir / "study_act_rms.png", "act_rms"),
