@@ -17,7 +17,8 @@ The math is fp32 for fp32/fp16/bf16 inputs and float64 for float64 inputs.
 The pure-PyTorch implementation in this file is the reference and the CPU path. The backend is
 chosen per call by the environment variable ``RESNORM_BACKEND``:
 
-- ``auto`` (default): the Triton kernels for CUDA tensors when Triton imports, else PyTorch;
+- ``auto`` (default): the Triton kernels for fp32/fp16/bf16 CUDA tensors when Triton imports,
+  else PyTorch;
 - ``triton``: always the kernels (on CPU tensors they run in Triton's interpreter);
 - ``torch``: always the PyTorch reference.
 
@@ -38,6 +39,7 @@ __all__ = ["add_norm", "layer_norm", "rms_norm", "get_backend", "use_backend", "
 
 KINDS = ("rms", "layer")
 BACKENDS = ("auto", "triton", "torch")
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _backend_override: str | None = None
 
@@ -69,7 +71,7 @@ def _use_triton(x: torch.Tensor) -> bool:
         return False
     if backend == "triton":
         return True
-    if not x.is_cuda:
+    if not x.is_cuda or x.dtype not in _KERNEL_DTYPES:  # float64 stays on the PyTorch path
         return False
     from resnorm import kernels  # imported lazily: CPU users never pay for Triton
 
