@@ -406,7 +406,7 @@ def _train_and_plot(item: StudyPlanItem, overwrite: bool, threads: int) -> str:
 def _run_parallel(plan, overwrite: bool, threads: int, workers: int, bar) -> None:
     """The plan on a pool of spawned processes, deepest runs first (they take longest)."""
     import multiprocessing
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     order = sorted(plan, key=lambda item: -item.depth)
     pool = ProcessPoolExecutor(max_workers=min(workers, len(plan)),
@@ -414,9 +414,10 @@ def _run_parallel(plan, overwrite: bool, threads: int, workers: int, bar) -> Non
     try:
         pending = {pool.submit(_train_and_plot, item, overwrite, threads) for item in order}
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            # each finished run advances the bar; a worker's error is re-raised at once
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                future.result()  # re-raises a worker's error here
+                future.result()
                 if bar is not None:
                     bar.update()
     except BaseException:
