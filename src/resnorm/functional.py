@@ -151,36 +151,42 @@ def add_norm_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The PyTorch path of ``add_norm`` on validated arguments: returns ``(y, residual_out)``.
 
-    One fused native norm call over fp32 data; ``.to()`` is a no-op (no copy) when a tensor already
-    has the target dtype, so an fp32 model pays for nothing extra.
+    One fused native norm call over fp32 data. Tensors already in the target dtype are used as they
+    are (no copy, and no ``.to()`` call either: this path runs in every norm of the CPU lab, so its
+    per-call overhead matters as much as its bytes).
     """
     n = x.shape[-1]
     # fp32 math; float64 inputs keep float64 (never compute in less than the input's precision)
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    s = x
+    s = _to(x, compute)
     if dropout_p > 0.0:
         keep = torch.empty(x.shape, device=x.device, dtype=compute)
         keep.bernoulli_(1.0 - dropout_p, generator=generator)
-        s = x.to(compute) * keep.mul_(1.0 / (1.0 - dropout_p))
+        s = s * keep.mul_(1.0 / (1.0 - dropout_p))
     if residual is not None:
-        s = s.to(compute) + residual.to(compute)
-    s32 = s.to(compute)
+        s = s + _to(residual, compute)
     w = None
     if weight is not None:
-        w = weight.to(compute) + 1.0 if zero_centered_weight else weight.to(compute)
-    b = bias.to(compute) if bias is not None else None
-    if s32.numel() == 0:  # nothing to normalize; keep the autograd graph connected to every input
-        y = s32 * 0.0
+        w = _to(weight, compute) + 1.0 if zero_centered_weight else _to(weight, compute)
+    b = None if bias is None else _to(bias, compute)
+    if s.numel() == 0:  # nothing to normalize; keep the autograd graph connected to every input
+        y = s * 0.0
         y = y * w if w is not None else y
         y = y + b if b is not None else y
     elif kind == "layer":
-        y = F.layer_norm(s32, (n,), w, b, eps)
+        y = F.layer_norm(s, (n,), w, b, eps)
     else:
-        y = F.rms_norm(s32, (n,), w, eps)
+        y = F.rms_norm(s, (n,), w, eps)
         if b is not None:
             y = y + b
-    # may be ``x`` itself (no residual, no dropout, same dtype); add_norm copies it only if returned
-    return y.to(out_dtype), s.to(residual_dtype)
+    # residual_out may be ``x`` itself (no residual, no dropout, same dtype): add_norm copies it only
+    # when it is returned
+    residual_out = x if residual is None and dropout_p == 0.0 and x.dtype == residual_dtype else s
+    return _to(y, out_dtype), _to(residual_out, residual_dtype)
+
+
+def _to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -80,29 +80,25 @@ class _AddNormBase(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor | None = None, *, prenorm: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``Norm(x + residual)`` in one ``add_norm`` call; with ``prenorm=True`` also the sum."""
-        k = len(self.normalized_shape)
-        if tuple(x.shape[x.dim() - k :]) != self.normalized_shape:
+        shape = self.normalized_shape
+        k = len(shape)
+        if x.shape[-k:] != shape:
             raise ValueError(
-                f"input's trailing dims must be normalized_shape {self.normalized_shape}; "
-                f"got shape {tuple(x.shape)}"
+                f"input's trailing dims must be normalized_shape {shape}; got shape {tuple(x.shape)}"
             )
-        if k == 1:
-            flat_x, flat_r = x, residual
-        else:  # one row per position: the trailing dims flattened
-            row_shape = (*x.shape[: x.dim() - k], math.prod(self.normalized_shape))
-            flat_x = x.reshape(row_shape)
-            flat_r = residual.reshape(row_shape) if residual is not None else None
+        weight, bias = self.weight, getattr(self, "bias", None)
+        if k == 1:  # the common case: no reshapes
+            return add_norm(x, residual, weight, bias, kind=self._kind, eps=self._eps_for(x), prenorm=prenorm)
+        row_shape = (*x.shape[: x.dim() - k], math.prod(shape))  # one row per position
         out = add_norm(
-            flat_x,
-            flat_r,
-            self._flat(self.weight),
-            self._flat(getattr(self, "bias", None)),
+            x.reshape(row_shape),
+            residual.reshape(row_shape) if residual is not None else None,
+            self._flat(weight),
+            self._flat(bias),
             kind=self._kind,
             eps=self._eps_for(x),
             prenorm=prenorm,
         )
-        if k == 1:
-            return out
         if prenorm:
             return out[0].reshape(x.shape), out[1].reshape(x.shape)
         return out.reshape(x.shape)
