@@ -38,7 +38,7 @@ def test_per_model_defaults_follow_their_recipes():
             resnet.batch_size, resnet.depth) == ("sgd", 0.1, 0.9, 1e-4, "step", 128, 20)
     gpt = config_for("gpt")  # nanoGPT's baby GPT, CPU size
     assert (gpt.optimizer, gpt.lr, gpt.block_size, gpt.d_model, gpt.n_layer, gpt.n_head, gpt.data) == (
-        "adamw", 1e-3, 128, 128, 4, 4, "stdlib")
+        "adamw", 1e-3, 64, 128, 4, 4, "stdlib")
     assert gpt.warmup_steps > 0 and gpt.schedule == "cosine"
     seed = config_for("seed-mlp")  # the seed: Adam, batch 32, 10 epochs
     assert (seed.optimizer, seed.batch_size, seed.epochs) == ("adam", 32, 10.0)
@@ -54,7 +54,7 @@ def test_yaml_then_overrides(tmp_path):
     assert config.model == "gpt" and config.lr == 3e-4 and config.steps == 250 and config.compile is True
     assert config.dropout == 0.1 and config.bias is True and config.data_root == "/data"
     assert config.epochs == 1.5 and isinstance(config.epochs, float)
-    assert config.block_size == 128  # gpt defaults apply under the file's values
+    assert config.block_size == 64  # gpt defaults apply under the file's values
     assert load_config(None, ["model=seed-mlp"]).batch_size == 32
     assert load_config(None, ["epochs=none"]).epochs is None
     assert load_config(None, ["steps=1e3"]).steps == 1000

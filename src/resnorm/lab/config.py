@@ -9,8 +9,9 @@
 - ``seed-resnet``: Adam, lr 1e-3, batch 64;
 - ``resnet-cifar``: SGD 0.1, momentum 0.9, weight decay 1e-4, batch 128, lr /10 at 50% and 75% of
   training, flip + crop augmentation (He et al. 2016, section 4.2);
-- ``gpt``: AdamW lr 1e-3, betas (0.9, 0.99), batch 12, block 128, d_model 128, 4 layers, 4 heads, warm-up 100
-  then cosine to lr/10, clip 1.0 (nanoGPT's shakespeare_char config, CPU variant).
+- ``gpt``: pre-norm LayerNorm, AdamW lr 1e-3, betas (0.9, 0.99), weight decay 0.1, batch 12, block 64,
+  d_model 128, 4 layers, 4 heads, no bias, 2000 steps, warm-up 100 then cosine to lr/10, clip 1.0
+  (nanoGPT's shakespeare_char config, CPU variant; benchmarks/gpt_shakespeare.py reproduces its val loss).
 
 Bad keys or values raise ``ConfigError`` (a ``ValueError``) naming the key and the valid keys/choices.
 """
@@ -286,8 +287,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
                          optimizer="sgd", lr=0.1,
                          momentum=0.9, weight_decay=1e-4, batch_size=128, steps=2000, schedule="step",
                          augment=True),
-    "gpt": dict(data="stdlib", n_layer=4, n_head=4, d_model=128, block_size=128, dropout=0.0, bias=False,
-                norm="rmsnorm", placement="pre", optimizer="adamw", lr=1e-3, beta1=0.9, beta2=0.99,
+    "gpt": dict(data="stdlib", n_layer=4, n_head=4, d_model=128, block_size=64, dropout=0.0, bias=False,
+                norm="layernorm", placement="pre", optimizer="adamw", lr=1e-3, beta1=0.9, beta2=0.99,
                 weight_decay=0.1, batch_size=12, steps=2000, warmup_steps=100, schedule="cosine",
                 min_lr_ratio=0.1, grad_clip=1.0, eval_every=250, eval_batches=20),
 }
