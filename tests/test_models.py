@@ -388,3 +388,18 @@ def test_seed_mlp_learns_real_digits():
     model.eval()
     accuracy = (model(x[test]).argmax(-1) == y[test]).float().mean().item()
     assert accuracy > 0.9
+
+
+def test_gpt_bias_switch_covers_the_layernorms_too():
+    """As nanoGPT: bias=False means no additive bias in the Linear layers nor in the LayerNorms."""
+    from resnorm.models import GPT, GPTConfig
+
+    def biases(bias):
+        model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=8, norm="layernorm",
+                              placement="pre", bias=bias))
+        return [name for name, _ in model.named_parameters() if name.endswith("bias")]
+
+    assert biases(False) == []
+    with_bias = biases(True)
+    # per layer: 2 norms + qkv + out + fc + proj; plus the final norm
+    assert len(with_bias) == 2 * 6 + 1 and "final_norm.bias" in with_bias

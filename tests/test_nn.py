@@ -409,3 +409,16 @@ def test_make_norm_channels_first_wraps_per_position_norms_and_passes_eps():
     assert make_norm("groupnorm", 64).num_groups == 4  # 16 channels per group
     assert make_norm("groupnorm", 1024).num_groups == 32
     assert make_norm("groupnorm", 16).num_groups == 1
+
+
+def test_make_norm_layernorm_without_bias_matches_torch():
+    from resnorm.nn import make_norm
+
+    norm = make_norm("layernorm", 6, bias=False)
+    ref = torch.nn.LayerNorm(6, bias=False)
+    assert norm.bias is None and set(norm.state_dict()) == set(ref.state_dict()) == {"weight"}
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        ref.weight.copy_(norm.weight)
+    x = torch.randn(3, 6)
+    torch.testing.assert_close(norm(x), ref(x))

@@ -33,7 +33,8 @@ __all__ = ["GPT", "GPTConfig", "CausalSelfAttention", "FeedForward", "Block"]
 @dataclass
 class GPTConfig:
     """Sizes and design of a ``GPT``: ``d_model`` must be divisible by ``n_head``; ``norm`` in
-    ``resnorm.nn.NORMS``; ``placement`` in ``resnorm.nn.PLACEMENTS``; ``bias`` for Linear layers."""
+    ``resnorm.nn.NORMS``; ``placement`` in ``resnorm.nn.PLACEMENTS``; ``bias`` for the Linear layers
+    and the LayerNorms (as nanoGPT: ``bias=False`` means no additive bias anywhere)."""
 
     vocab_size: int
     block_size: int
@@ -138,7 +139,7 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         depth = 2 * config.n_layer  # residual sublayers in the model (DeepNorm's M = 2N)
-        design = {"placement": config.placement, "norm": config.norm, "depth": depth}
+        design = dict(placement=config.placement, norm=config.norm, depth=depth, norm_bias=config.bias)
         self.attention = Residual(CausalSelfAttention(config), config.d_model, **design)
         self.feedforward = Residual(FeedForward(config), config.d_model, **design)
         self.fuse_pre = config.placement == "pre" and config.norm in FUSABLE_NORMS
@@ -164,7 +165,7 @@ class GPT(nn.Module):
         self.position_embedding = nn.Embedding(config.block_size, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
-        self.final_norm = make_final_norm(config.placement, config.norm, config.d_model)
+        self.final_norm = make_final_norm(config.placement, config.norm, config.d_model, bias=config.bias)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.weight  # weight tying (Press & Wolf 2017)
         nn.init.normal_(self.token_embedding.weight, mean=0.0, std=0.02)

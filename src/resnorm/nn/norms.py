@@ -405,6 +405,7 @@ def make_norm(
     eps: float | None = None,
     channels_first: bool | None = None,
     num_groups: int | None = None,
+    bias: bool = True,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Module:
@@ -416,7 +417,8 @@ def make_norm(
     rank for batchnorm and groupnorm (dim 1 for 4-D+ inputs, else the last dim). ``eps=None`` keeps
     each norm's default (layernorm/batchnorm/groupnorm 1e-5, rmsnorm ``finfo(dtype).eps`` as torch,
     scalenorm 1e-5; DyT has no eps). ``num_groups`` (groupnorm) defaults to ``default_num_groups(dim)``.
-    ``"none"`` gives ``nn.Identity``.
+    ``bias=False`` drops LayerNorm's additive bias (as ``torch.nn.LayerNorm(bias=False)``; the other
+    norms keep their own parameters). ``"none"`` gives ``nn.Identity``.
     """
     if not isinstance(name, str) or name not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {name!r}")
@@ -432,7 +434,7 @@ def make_norm(
         groups = _check_positive_int("num_groups", groups)
         return GroupNorm(groups, dim, **eps_kw, **factory, channels_first=channels_first)
     if name == "layernorm":
-        norm: nn.Module = LayerNorm(dim, **eps_kw, **factory)
+        norm: nn.Module = LayerNorm(dim, **eps_kw, bias=bias, **factory)
     elif name == "rmsnorm":
         norm = RMSNorm(dim, **eps_kw, **factory)
     elif name == "dyt":

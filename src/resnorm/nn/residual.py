@@ -124,7 +124,8 @@ class Residual(nn.Module):
 
     With ``norm`` in (layernorm, rmsnorm) over the last dim, post and deepnorm make one fused
     ``add_norm`` call for the add and the norm. ``channels_first=True`` places norms (and the
-    layerscale vector) on dim 1 of ``(N, C, *)`` maps.
+    layerscale vector) on dim 1 of ``(N, C, *)`` maps; ``norm_eps`` and ``norm_bias`` go to
+    ``make_norm`` (``norm_bias=False``: LayerNorms without an additive bias).
     """
 
     def __init__(
@@ -138,6 +139,7 @@ class Residual(nn.Module):
         layerscale_init: float = 0.1,
         channels_first: bool = False,
         norm_eps: float | None = None,
+        norm_bias: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(branch, nn.Module):
@@ -151,7 +153,7 @@ class Residual(nn.Module):
         self.branch = branch
 
         def new_norm() -> nn.Module:
-            return make_norm(self.norm_name, dim, eps=norm_eps, channels_first=channels_first)
+            return make_norm(self.norm_name, dim, eps=norm_eps, channels_first=channels_first, bias=norm_bias)
 
         self.norm = new_norm() if placement != "rezero" else nn.Identity()
         if placement == "sandwich":
