@@ -76,8 +76,8 @@ NOTES = [
     "the runs use 2 (CPU s / wall s near 2 means the run had both cores).",
     "- Bias: nanoGPT's train.py (what the 1.88 comes from) sets `bias=False`; its model.py default is "
     "True. Both are shown; they agree within seed noise.",
-    "- Known differences from nanoGPT: resnorm's LayerNorm always has a bias (`bias` only switches the "
-    "Linear layers'; nanoGPT's `bias=False` drops the LayerNorm bias too); warm-up is "
+    "- `bias` switches the biases of the Linear layers and of the LayerNorms, as nanoGPT's. Known "
+    "differences from nanoGPT: warm-up is "
     "`lr * (step+1) / 100` against nanoGPT's `lr * (it+1) / 101`; nanoGPT's `lr_decay_iters` has no "
     "TrainConfig field (the cosine always spans `steps`).",
 ]
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--norm", default="layernorm")
     parser.add_argument("--placement", default="pre")
     parser.add_argument("--bias", type=_bool, default=True,
-                        help="biases in the Linear layers (nanoGPT's model default True; its train.py "
-                             "uses False); resnorm's LayerNorm always has its bias")
+                        help="biases in the Linear layers and LayerNorms (nanoGPT's model default True; "
+                             "its train.py uses False)")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch intra-op threads (2 beat 1 here: 150 steps 9-10 s vs 14 s)")
     parser.add_argument("--seed", type=int, default=0)
