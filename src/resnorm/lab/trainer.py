@@ -229,7 +229,8 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     """AdamW (decoupled decay, on matrices only, as nanoGPT), Adam or SGD+momentum (L2 decay on all).
 
     ``foreach=True``: one multi-tensor update instead of a loop over parameters (PyTorch picks it
-    itself on CUDA but not on CPU, where it makes a depth-48 MLP step ~17% faster)."""
+    itself on CUDA but not on CPU, where it makes 200 steps of the depth-48, width-64 MLP of
+    ``resnorm compare`` ~12% faster end to end, median of 5 paired runs)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
         decay = [p for p in params if p.dim() >= 2]
