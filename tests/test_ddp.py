@@ -38,13 +38,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_two_cpu_processes_match_one_process(tmp_path):
     # LayerNorm, not BatchNorm: with per-rank BatchNorm statistics the two runs would legitimately differ.

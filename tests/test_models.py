@@ -13,15 +13,6 @@ from resnorm.models import GPT, GPTConfig, residual_mlp, resnet_cifar, seed_mlp,
 from resnorm.nn import NORMS, PLACEMENTS, deepnorm_constants
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -25,14 +25,6 @@ from resnorm.nn import (
 ATOL, RTOL = 1e-5, 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _randomize_(module: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)

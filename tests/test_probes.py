@@ -16,14 +16,6 @@ from resnorm.lab.probes import BlockProbe, SpikeDetector, grad_ratio
 from resnorm.lab.trainer import build_model, build_task, read_metrics, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class ResidualTanh(nn.Module):
     def __init__(self, width: int) -> None:
         super().__init__()

@@ -22,14 +22,6 @@ X = torch.tensor([[1.0, 2.0, 4.0], [-3.0, 0.5, 2.0]])
 EPS = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and far faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def linear_branch() -> nn.Linear:
     branch = nn.Linear(3, 3, bias=False)

@@ -27,15 +27,6 @@ from resnorm.lab.trainer import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest, and reproducibly, on one intra-op thread (the suite shares 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_mlp(**fields):
     """residual-mlp on sklearn digits (1,617 train images of 64 pixels): batch 256 -> 6 steps per epoch."""
     base = dict(data="digits", depth=2, width=16, batch_size=256, steps=12, eval_every=4, log_every=1,
