@@ -24,7 +24,8 @@ def test_every_family_has_a_valid_default_recipe():
         assert family.task in registry.TASKS
         if family.depth_field is not None:
             assert family.depth_of(config.to_dict()) == getattr(config, family.depth_field)
-    assert registry.study_aliases() == {"resnet-cifar": "resnet-cifar", "mlp": "residual-mlp", "gpt": "gpt"}
+    assert registry.study_aliases() == {"resnet-cifar": "resnet-cifar", "mlp": "residual-mlp", "gpt": "gpt",
+                                        "hf": "hf"}  # hf: resnorm.lab.hf, a plugin (compare --model hf:TYPE)
     with pytest.raises(ConfigError, match="expected one of"):
         registry.get("transformer")
 

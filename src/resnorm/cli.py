@@ -78,15 +78,46 @@ def _designs_help() -> str:
     return "\n".join([f"  {'design':<11} {'placement':<10} {'norm':<9} one block", *rows])
 
 
+class _StudyModels:
+    """``--model``'s choices: the compare aliases, and ``ALIAS:TYPE`` for a family with model types
+    (argparse lists them in --help and in its "invalid choice" error; the type is checked later, with a
+    message listing the supported ones)."""
+
+    def __init__(self) -> None:
+        from resnorm.lab import registry
+
+        self.aliases = registry.study_aliases()
+        self.typed = {f.study.alias for f in registry.families()
+                      if f.study is not None and f.model_types is not None}
+        self.shown = registry.study_models()
+
+    def __contains__(self, value: object) -> bool:
+        alias, sep, _ = str(value).partition(":")
+        return alias in self.aliases and (alias in self.typed or not sep)
+
+    def __iter__(self):
+        return iter(self.shown)
+
+
 def _add_compare(sub) -> None:
     from resnorm.lab import registry
 
     studies = {alias: registry.get(name) for alias, name in registry.study_aliases().items()}
     defaults = "\n".join(
-        f"  --model {m:<13} designs {','.join(f.study.designs)}; depths "
-        f"{','.join(map(str, f.study.depths))} ({f.depth_label}); data {f.study.data}; {f.study.steps} steps"
+        f"  --model {m + (':TYPE' if f.model_types is not None else ''):<13} designs "
+        f"{','.join(f.study.designs)}; depths {','.join(map(str, f.study.depths))} ({f.depth_label}); "
+        f"data {f.study.data}; {f.study.steps} steps"
         for m, f in studies.items()
     )
+    typed = [f for f in studies.values() if f.model_types is not None]
+    typed_help = "".join(
+        "\n\n" + textwrap.fill(
+            f"--model {f.study.alias}:TYPE trains the {f.name} family: {f.summary}. TYPE is one of "
+            f"{', '.join(f.model_types)}. Its designs: "
+            + "; ".join(f"{d.name} = {d.summary}" for d in f.designs or ())
+            + ". The summary shows step time and peak memory, and how far the designs' losses are apart.",
+            width=100)
+        for f in typed)
     p = sub.add_parser(
         "compare",
         help="train one network at several depths with several residual/norm designs; write a report",
@@ -104,14 +135,19 @@ def _add_compare(sub) -> None:
         "(any placement but none) or off (none) and\nuses the design's norm; its depths are 6n+2.\n"
         "Extra KEY=VALUE arguments override the training recipe (e.g. lr=1e-3 width=128); the settings\n"
         "compare sets itself (model, data, steps, seed, depth, the design's placement/norm/residual)\n"
-        "come from its options and are an error as KEY=VALUE.",
+        "come from its options and are an error as KEY=VALUE." + typed_help,
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="training-config overrides")
-    p.add_argument("--model", choices=tuple(studies), default="mlp", help="network family (default mlp)")
-    p.add_argument("--designs", help="comma-separated design names or placement:norm pairs")
+    example = {f.name: f.defaults.get("model_type") or (f.model_types or ("TYPE",))[0] for f in typed}
+    typed_models = "".join(f"; {f.study.alias}:TYPE, e.g. {f.study.alias}:{example[f.name]}" for f in typed)
+    typed_designs = "".join(f"; {f.study.alias}:TYPE: {', '.join(d.name for d in f.designs or ())}"
+                            for f in typed)
+    p.add_argument("--model", choices=_StudyModels(), default="mlp",
+                   help=f"network family (default mlp{typed_models})")
+    p.add_argument("--designs", help=f"comma-separated design names or placement:norm pairs{typed_designs}")
     p.add_argument("--depths", help="comma-separated depths, e.g. 4,16,48 (resnet-cifar: 8,20,...)")
-    p.add_argument("--data", help="dataset: mnist5k, digits, an IDX or CIFAR-10 folder; gpt: stdlib or a "
-                   "UTF-8 text file")
+    p.add_argument("--data", help="dataset: mnist5k, digits, an IDX or CIFAR-10 folder; gpt, hf:TYPE: stdlib "
+                   "or a UTF-8 text file")
     p.add_argument("--steps", type=_positive_int, help="optimizer steps per run")
     p.add_argument("--seed", type=int, default=0, help="seed for data order and initialisation (default 0)")
     p.add_argument("--out", help="study folder (default runs/compare-<time>)")
@@ -187,15 +223,19 @@ def _add_train(sub) -> None:
         "  resnorm train residual-mlp depth=16 placement=post norm=layernorm\n"
         "  resnorm train gpt data=path/to/text.txt n_layer=6 norm=layernorm placement=post\n"
         "  resnorm train resnet-cifar my.yaml data=path/to/cifar-10-batches-py --out runs/r20\n"
-        "  resnorm train gpt --out runs/g1 --resume steps=4000\n\n"
+        "  resnorm train gpt --out runs/g1 --resume steps=4000\n"
+        "  resnorm train hf llama data=path/to/text.txt n_layer=4 d_model=128 n_head=4\n"
+        "  resnorm train hf gemma2 resnorm=false      # the model's own transformers code\n\n"
         "models:\n" + "\n".join(f"  {f.name:<13} {f.summary}" for f in registry.families())
+        + "".join(f"\n\n{f.name} takes its MODEL_TYPE first (resnorm train {f.name} MODEL_TYPE ...), "
+                  f"one of:\n  {', '.join(f.model_types)}" for f in registry.families() if f.model_types)
         + "\n\nmay change on --resume: " + ", ".join(MUTABLE_ON_RESUME),
     )
     p.add_argument("model", metavar="MODEL", help=f"one of {', '.join(registry.names())}")
-    p.add_argument("settings", nargs="*", metavar="[CONFIG.yaml] KEY=VALUE",
-                   help="a YAML config file and/or key=value overrides (a model with sub-types takes its "
-                   "type first: MODEL TYPE ...)")
-    p.add_argument("--out", help="run folder (default runs/<model>-<time>)")
+    p.add_argument("settings", nargs="*", metavar="[MODEL_TYPE] [CONFIG.yaml] KEY=VALUE",
+                   help="a model with types (hf) takes its MODEL_TYPE first; then a YAML config file and/or "
+                   "key=value overrides")
+    p.add_argument("--out", help="run folder (default runs/<model>[-<type>]-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint and "
                    "its own config.yaml")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -286,7 +326,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from resnorm.lab import compare, registry, summary
 
     family = registry.by_study_alias(args.model)
-    designs = compare.parse_designs(args.designs) if args.designs is not None else None
+    if family.available is not None:
+        family.available()
+    designs = compare.parse_study_designs(args.designs, args.model) if args.designs is not None else None
     depths = compare.parse_depths(args.depths, args.model) if args.depths is not None else None
     overrides = _parse_key_values(args.overrides)
     data = args.data or family.study.data
@@ -294,7 +336,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare.run_compare(args.model, designs, depths, data=data, steps=args.steps, seed=args.seed,
                                  out_dir=args.out, overwrite=args.overwrite, progress=not args.no_progress,
                                  overrides=overrides, workers=args.workers, echo=print)
-    print(summary.format_summary_table(result.rows, notes=True))
+    print(result.summary or summary.format_summary_table(result.rows, notes=True))
     print(f"\nreport: {result.report}")
     return EXIT_OK
 
@@ -317,7 +359,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _train_config(args: argparse.Namespace, out: Path):
+def _train_config(args: argparse.Namespace, out: Path | None):
     """The TrainConfig of ``resnorm train``: the family's defaults + CONFIG.yaml + KEY=VALUE, or, with
     --resume, the run's own config.yaml with the changes a resumed run may make."""
     from resnorm.lab import registry, runfolder
@@ -329,6 +371,14 @@ def _train_config(args: argparse.Namespace, out: Path):
     if model_type is not None:
         overrides = [f"model_type={model_type}", *overrides]
     if not args.resume:
+        if family.model_types is not None and model_type is None:  # the type is never implicit here
+            given = parse_overrides(overrides)
+            if config_path is not None:
+                given = {**read_yaml_mapping(config_path), **given}
+            if given.get("model_type") is None:
+                choices = f", MODEL_TYPE one of {', '.join(family.model_types)}" if family.model_types else ""
+                raise _usage_error(f"resnorm train {args.model} needs a MODEL_TYPE first: resnorm train "
+                                   f"{args.model} MODEL_TYPE [CONFIG.yaml] [KEY=VALUE ...]{choices}")
         return load_config(config_path, overrides, model=args.model)
     if not runfolder.has_checkpoint(out):
         what = "does not exist" if not out.exists() else f"has no {runfolder.CHECKPOINT_FILE}"
@@ -353,8 +403,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise _usage_error("--resume needs --out RUN_DIR (the run to continue)")
     if args.resume and args.overwrite:
         raise _usage_error("--resume and --overwrite exclude each other")
-    out = Path(args.out) if args.out else Path("runs") / f"{args.model}-{_timestamp()}"
+    out = Path(args.out) if args.out else None
     config = _train_config(args, out)
+    if out is None:
+        name = "-".join(str(v) for v in (args.model, config.model_type) if v is not None)
+        out = Path("runs") / f"{name}-{_timestamp()}"
     rank0 = _is_rank_zero()
     trainer = Trainer(config, out, resume=args.resume, overwrite=args.overwrite,
                       progress=rank0 and not args.no_progress)
@@ -375,7 +428,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_OK
     html = report.build_report([out])
     row = summary.summarize(report.load_run(out))
-    print(summary.format_summary_table([row], notes=True))
+    study = config.family.study  # a family's own columns (hf: step time and peak memory)
+    print(summary.format_summary_table([row], notes=True, columns=study.columns if study else None))
     print(f"\nstatus: {result.status} after {result.steps} steps; run folder: {out}\nreport: {html}")
     return EXIT_OK
 
@@ -385,7 +439,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     runs = [report.load_run(p, d, depth) for p, d, depth in report.find_run_dirs(args.paths)]
     out = report.build_report(args.paths, args.out, title=args.title, progress=True)
-    print(summary.format_summary_table([summary.summarize(r) for r in runs], notes=True))
+    families = {r.family.name if r.family else None for r in runs}  # one family: its study's columns
+    study = runs[0].family.study if len(families) == 1 and None not in families else None
+    print(summary.format_summary_table([summary.summarize(r) for r in runs], notes=True,
+                                       columns=study.columns if study else None))
     print(f"\nreport: {out}")
     return EXIT_OK
 

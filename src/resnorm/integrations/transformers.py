@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from resnorm import functional as _functional
+from resnorm.integrations.hf_common import SUPPORTED_MODEL_TYPES, ResidualStream, materialize
 
 try:
     import transformers
@@ -101,55 +102,6 @@ def _check_transformers_version(version: str) -> None:
 _check_transformers_version(transformers.__version__)
 
 CASTING_MODES = ("llama", "gemma", "fp32")
-
-
-# ----------------------------------------------------------------------------------------------
-# the residual stream carried between decoder layers
-
-
-class ResidualStream:
-    """The residual stream ``residual + branch`` with the add not yet done.
-
-    A patched decoder layer returns one so that the norm that reads the stream next (the next layer's
-    first norm, or the final norm) adds and normalizes in one ``add_norm`` call. ``to_tensor()``
-    (or ``materialize(x)``) does the add: the same tensor the unpatched layer returns.
-    """
-
-    def __init__(self, branch: torch.Tensor, residual: torch.Tensor) -> None:
-        self.branch = branch
-        self.residual = residual
-
-    def to_tensor(self) -> torch.Tensor:
-        """``residual + branch``: the hidden state the unpatched layer returns."""
-        return self.residual + self.branch
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.residual.shape
-
-    @property
-    def device(self) -> torch.device:
-        return self.residual.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.promote_types(self.residual.dtype, self.branch.dtype)
-
-    def __repr__(self) -> str:
-        return f"ResidualStream(shape={tuple(self.shape)}, dtype={self.dtype})"
-
-
-def materialize(x: Any) -> Any:
-    """A patched decoder layer's output as the unpatched layer returns it.
-
-    ``ResidualStream`` -> its tensor; a tuple -> the same tuple with each stream in it materialized;
-    anything else unchanged. Use it in forward hooks on decoder layers (probes of the hidden states).
-    """
-    if isinstance(x, ResidualStream):
-        return x.to_tensor()
-    if type(x) is tuple and any(isinstance(v, ResidualStream) for v in x):
-        return tuple(materialize(v) for v in x)
-    return x
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,7 +301,9 @@ _FAMILIES: dict[str, _Family] = {
     "gpt2": _Family("gpt2", "GPT2", "layer", _GPT2, layer_class="GPT2Block", final_norm="ln_f"),
 }
 
-SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(sorted(_FAMILIES))
+if tuple(sorted(_FAMILIES)) != SUPPORTED_MODEL_TYPES:  # one list, kept in hf_common for the lab
+    raise RuntimeError("resnorm.integrations.hf_common.SUPPORTED_MODEL_TYPES does not list the families "
+                       f"of resnorm.integrations.transformers: {', '.join(sorted(_FAMILIES))}")
 
 
 def fused_add_count(model_type: str, num_layers: int) -> int:

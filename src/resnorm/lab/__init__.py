@@ -8,7 +8,8 @@ Modules, each importing only those above it in this list (the lab's own layering
 - ``registry``: model families by name (``ModelFamily``: builder, task, what depth means, default
   recipe, study recipe; ``register``, ``get``);
 - ``config``: ``TrainConfig``, ``load_config``, ``config_for``, ``resume_config``;
-- ``schedule``, ``distributed``, ``probes``: learning-rate schedules, torchrun, per-block probes;
+- ``schedule``, ``distributed``, ``probes``, ``memory``: learning-rate schedules, torchrun, per-block
+  probes, the peak memory of a training step;
 - ``runfolder``: the run folder's files (``config.yaml``, ``metrics.jsonl``, ``result.json``,
   ``checkpoint.pt``): ``read_metrics``, ``load_checkpoint``, ``RunResult``, ``load_run``;
 - ``checkpoint``: RNG state capture and seeding;
@@ -17,7 +18,9 @@ Modules, each importing only those above it in this list (the lab's own layering
 - ``trainer``: ``Trainer`` (setup / step / evaluate / save / finish / fit) and ``train``;
 - ``plots``, ``report``: figures and the HTML report from run folders;
 - ``compare``, ``seeds``: the studies; ``bench``: the kernel benchmark;
-- ``studies``: named reproductions of the papers (``resnorm study NAME``), built on ``compare``.
+- ``studies``: named reproductions of the papers (``resnorm study NAME``), built on ``compare``;
+- ``hf`` (a registry plugin: the Hugging Face family, no ``transformers`` import) and ``hf_model`` (its
+  builder, which imports ``resnorm.integrations.transformers``).
 
 Names below are imported on first use, so ``import resnorm.lab`` stays cheap.
 """

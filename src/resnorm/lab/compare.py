@@ -7,7 +7,10 @@ or ``placement:norm``). The models are the registry's families with a study reci
 - ``mlp`` (``residual-mlp``: depth = number of residual blocks);
 - ``gpt`` (depth = ``n_layer``; placement and norm as the design says; text data);
 - ``resnet-cifar`` (He et al.'s CIFAR ResNet, depth = 6n+2 layers: only ``residual`` on/off and the
-  norm vary, so placement ``none`` = a plain net and ``post``/``pre`` = the ResNet's own block).
+  norm vary, so placement ``none`` = a plain net and ``post``/``pre`` = the ResNet's own block);
+- ``hf:TYPE`` (a Hugging Face causal LM of that ``model_type``, depth = ``n_layer``; its designs are
+  the family's own, ``hf`` and ``hf+resnorm``: the same numbers, so the study is about step time and
+  memory; the summary says how far the designs' losses are apart).
 
 Each study starts from the family's default recipe, then its quick study recipe, then the study's own
 bookkeeping (steps, evaluations, probes) and the user's ``KEY=VALUE`` overrides; the result is printed
@@ -26,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from resnorm.lab import registry
-from resnorm.lab.config import TrainConfig, config_for, field_names, parse_overrides, recipe_summary
+from resnorm.lab.config import (
+    TrainConfig,
+    canonical_keys,
+    config_for,
+    field_names,
+    parse_overrides,
+    recipe_summary,
+)
 from resnorm.lab.designs import DESIGNS, Design, in_order, name_for, parse_designs
 from resnorm.lab.errors import ConfigError, RunFolderExistsError, StopRequested
 from resnorm.lab.files import atomic_write_text
@@ -37,12 +47,14 @@ __all__ = [
     "Design",
     "DESIGNS",
     "parse_designs",
+    "parse_study_designs",
     "parse_depths",
     "design_name",
     "plan_study",
     "check_data",
     "validate_study_data",
     "recipe_lines",
+    "summary_text",
     "default_workers",
     "train_plan",
     "run_compare",
@@ -75,6 +87,34 @@ N_PROBES = 12  # probes per run
 N_EVALS = 6  # validation passes per run
 
 
+def parse_study_designs(spec: str | Sequence[str], model: str = "mlp") -> list[Design]:
+    """The designs of ``--designs`` for the study model ``model``: ``parse_designs`` (names and
+    ``placement:norm`` pairs), or the family's own named designs (``ModelFamily.designs``)."""
+    family = registry.by_study_alias(model)
+    if family.designs is None:
+        return parse_designs(spec)
+    named = {d.name: d for d in family.designs}
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    items = [s for s in items if s]
+    if not items:
+        raise ConfigError(f"--designs is empty; --model {model} has the designs {', '.join(named)}")
+    designs: list[Design] = []
+    for item in items:
+        if item not in named:
+            raise ConfigError(f"unknown design {item!r} for --model {model}; "
+                              f"valid designs: {', '.join(named)}")
+        if item in {d.name for d in designs}:
+            raise ConfigError(f"design {item!r} given twice in --designs")
+        designs.append(Design(item, "", "", named[item].summary))
+    return designs
+
+
+def _design_fields(family: registry.ModelFamily, design: Design) -> dict[str, Any]:
+    if family.designs is not None:
+        return dict(next(d.fields for d in family.designs if d.name == design.name))
+    return family.design_fields(design.placement, design.norm)
+
+
 def parse_depths(spec: str | Sequence[int], model: str = "mlp") -> list[int]:
     """Depths from ``"4,16,48"``, each valid for the model family (resnet-cifar: 6n+2, i.e. 8, 14, 20, 32,
     44, 56, 110...)."""
@@ -89,11 +129,12 @@ def parse_depths(spec: str | Sequence[int], model: str = "mlp") -> list[int]:
         depths.append(int(text))
     if not depths:
         raise ConfigError("--depths is empty; give e.g. --depths 4,16,48")
-    family = registry.by_study_alias(model) if model in registry.study_aliases() else None
-    if family is not None and family.depth_field is not None:
+    family, model_type = registry.parse_study_model(model)
+    if family.depth_field is not None:
+        typed = {"model_type": model_type} if model_type is not None else {}
         for depth in depths:  # the family's own rules (resnet-cifar: 6n+2)
             try:
-                config_for(family.name, **{family.depth_field: depth})
+                config_for(family.name, **typed, **{family.depth_field: depth})
             except ConfigError as err:
                 raise ConfigError(f"--depths {depth}: {err}") from None
     if len(set(depths)) != len(depths):
@@ -139,14 +180,20 @@ class StudyResult:
     out_dir: Path
     rows: list[dict] = field(default_factory=list)
     report: Path | None = None
+    summary: str = ""  # the text of summary.txt
 
 
 def _study_keys(family: registry.ModelFamily) -> dict[str, str]:
     """Config keys the study sets itself -> the option that sets them."""
     keys = {"model": "--model", "data": "--data", "steps": "--steps", "seed": "--seed"}
+    if family.model_types is not None:
+        keys["model_type"] = "--model"
     if family.depth_field:
         keys[family.depth_field] = "--depths"
-    if family.design_fields is not None:
+    if family.designs is not None:
+        for design in family.designs:
+            keys.update(dict.fromkeys(design.fields, "--designs"))
+    elif family.design_fields is not None:
         for key in family.design_fields("pre", "layernorm"):
             keys[key] = "--designs"
     return keys
@@ -168,16 +215,23 @@ def plan_study(
     ``overrides`` (``{key: value}``, values typed or as strings) change the recipe; a key the study sets
     itself (model, data, steps, seed, the depth and the design's fields) is a ``ConfigError`` naming the
     option that sets it."""
-    family = registry.by_study_alias(model)
+    family, model_type = registry.parse_study_model(model)
+    if family.available is not None:
+        family.available()
     study = family.study
-    designs = list(designs) if designs is not None else parse_designs(list(study.designs))
+    designs = list(designs) if designs is not None else parse_study_designs(list(study.designs), model)
     depths = parse_depths(list(depths) if depths is not None else list(study.depths), model)
     steps = study.steps if steps is None else steps
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ConfigError(f"--steps must be a positive integer; got {steps!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"--seed must be an integer >= 0; got {seed!r}")
-    if family.placements is not None:
+    if family.designs is not None:
+        unknown = [d.name for d in designs if d.name not in {n.name for n in family.designs}]
+        if unknown:
+            raise ConfigError(f"--model {model} has the designs {', '.join(n.name for n in family.designs)}; "
+                              f"not {', '.join(unknown)}")
+    elif family.placements is not None:
         unsupported = [d.name for d in designs if d.placement not in family.placements]
         if unsupported:
             raise ConfigError(f"{family.name} only switches the residual on or off (placement "
@@ -190,6 +244,8 @@ def plan_study(
         k = conflicts[0]
         raise ConfigError(f"{k}={given[k]!r}: compare sets {k} itself; use {taken[k]} to choose it")
     fields = dict(study.recipe)
+    if model_type is not None:
+        fields["model_type"] = model_type
     fields.update(
         data=data or study.data,
         steps=steps,
@@ -205,7 +261,7 @@ def plan_study(
     plan = []
     for design in designs:
         for depth in depths:
-            per_run = dict(fields, **family.design_fields(design.placement, design.norm))
+            per_run = dict(fields, **_design_fields(family, design))
             if family.depth_field:
                 per_run[family.depth_field] = depth
             config = config_for(family.name, **per_run)
@@ -217,7 +273,8 @@ def _typed(overrides: dict) -> dict[str, Any]:
     """Overrides with string values parsed by their field's type (others kept as given)."""
     strings = [f"{k}={v}" for k, v in overrides.items() if isinstance(v, str)]
     typed = parse_overrides(strings)
-    typed.update({k.replace("-", "_"): v for k, v in overrides.items() if not isinstance(v, str)})
+    given = {k.replace("-", "_"): v for k, v in overrides.items() if not isinstance(v, str)}
+    typed.update(canonical_keys(given))
     unknown = [k for k in typed if k not in field_names()]
     if unknown:
         raise ConfigError(f"unknown config key {unknown[0]!r}; valid keys: {', '.join(field_names())}")
@@ -259,9 +316,26 @@ def recipe_lines(plan: Sequence[StudyPlanItem], model: str) -> list[str]:
              f"{', '.join(map(str, depths))}; {len(plan)} runs",
              f"  recipe: {recipe_summary(first)}",
              f"  each run: evaluation every {first.eval_every} steps, probes every {first.probe_every} steps"]
+    if family.designs is not None:
+        named = {d.name: d.summary for d in family.designs}
+        lines += [f"  {name}: {named[name]}" for name in designs if named.get(name)]
     if family.study.note:
         lines.append(f"  note: {family.study.note}")
     return lines
+
+
+def summary_text(rows: Sequence[dict], runs: Sequence[Any], family: registry.ModelFamily) -> str:
+    """The study's summary (``summary.txt``, and what ``resnorm compare`` prints): the table in the
+    study's columns with its legend, and for designs that compute the same numbers
+    (``StudyDefaults.same_numbers_rtol``) how far each design's training losses are from the first
+    design's at every depth."""
+    from resnorm.lab import summary
+
+    study = family.study
+    text = summary.format_summary_table(rows, notes=True, columns=study.columns if study else None)
+    if study is not None and study.same_numbers_rtol is not None:
+        text += "\n\n" + "\n".join(summary.loss_agreement(runs, study.same_numbers_rtol))
+    return text
 
 
 def run_compare(
@@ -319,12 +393,12 @@ def run_compare(
         "kind": "compare",
         "model": model,
         "family": family.name,
+        "model_type": plan[0].config.model_type,
         "data": plan[0].config.data,
         "steps": plan[0].config.steps,
         "seed": seed,
         "recipe": recipe_summary(plan[0].config),
-        "designs": [{"name": d.name, "placement": d.placement, "norm": d.norm}
-                    for d in _ordered_designs(plan)],
+        "designs": [_design_entry(family, d) for d in _ordered_designs(plan)],
         "depths": sorted({item.depth for item in plan}),
         "depth_means": family.depth_label,
         "runs": [{"dir": item.run_dir.name, "design": item.design.name, "depth": item.depth}
@@ -337,8 +411,9 @@ def run_compare(
     report_path = report.build_report([out_dir], out_dir / "report.html", rebuild_run_plots=False)
     runs = [report.load_run(item.run_dir, item.design.name, item.depth) for item in plan]
     rows = [summary.summarize(r) for r in runs]
-    atomic_write_text(summary.format_summary_table(rows, notes=True) + "\n", out_dir / SUMMARY_FILE)
-    return StudyResult(out_dir=out_dir, rows=rows, report=report_path)
+    text = summary_text(rows, runs, family)
+    atomic_write_text(text + "\n", out_dir / SUMMARY_FILE)
+    return StudyResult(out_dir=out_dir, rows=rows, report=report_path, summary=text)
 
 
 def train_plan(plan: Sequence[StudyPlanItem], *, workers: int | None = None, overwrite: bool = False,
@@ -371,6 +446,13 @@ def train_plan(plan: Sequence[StudyPlanItem], *, workers: int | None = None, ove
     finally:
         if bar is not None:
             bar.close()
+
+
+def _design_entry(family: registry.ModelFamily, design: Design) -> dict[str, Any]:
+    """A design as ``study.json`` lists it: its placement and norm, or a named design's fields."""
+    if family.designs is not None:
+        return {"name": design.name, "fields": _design_fields(family, design)}
+    return {"name": design.name, "placement": design.placement, "norm": design.norm}
 
 
 def default_workers(plan: Sequence[StudyPlanItem]) -> int:

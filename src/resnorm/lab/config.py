@@ -98,6 +98,8 @@ class TrainConfig:
     streams: int = 4  # hyper, mhc: residual streams
     hyper_dynamic: bool = True  # hyper: dynamic (input-dependent) or static connections
     sinkhorn_iters: int = 20  # mhc: Sinkhorn-Knopp iterations
+    resnorm: bool = True  # hf: apply_resnorm to the transformers model (false: the model's own code)
+    n_kv_head: int | None = None  # hf: key/value heads (grouped-query attention; None: n_head)
     # optimization
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -160,8 +162,8 @@ _STREAM_MODELS = ("residual-mlp", "gpt")
 OPTION_MODELS: dict[str, tuple[str, ...]] = {
     "init": ("gpt",), "qk_norm": ("gpt",), "value_residual": ("gpt",), "fused": _STREAM_MODELS,
     "mixln_rho": _STREAM_MODELS, "streams": _STREAM_MODELS, "hyper_dynamic": _STREAM_MODELS,
-    "sinkhorn_iters": _STREAM_MODELS,
-}
+    "sinkhorn_iters": _STREAM_MODELS, "resnorm": (), "n_kv_head": (),
+}  # a family may take more of them: registry.ModelFamily.options
 POSITIVE_INT = ("depth", "width", "n_layer", "n_head", "d_model", "block_size", "batch_size", "steps",
                 "text_max_chars", "spike_window", "streams", "sinkhorn_iters")
 NON_NEGATIVE_INT = ("warmup_steps", "eval_every", "eval_batches", "log_every", "probe_every",
@@ -172,6 +174,25 @@ NON_NEGATIVE_FLOAT = ("lr", "weight_decay", "momentum", "grad_clip", "spike_sigm
 MUTABLE_ON_RESUME = ("steps", "epochs", "eval_every", "eval_batches", "log_every", "probe_every",
                      "spike_sigma", "checkpoint_every", "data_root", "device", "amp", "compile", "threads",
                      "tensorboard")
+
+
+# other names accepted for a key: resnorm.integrations.transformers' own argument names (config.yaml
+# keeps the key itself)
+KEY_ALIASES = {"apply_resnorm": "resnorm", "fuse_residual": "fused"}
+
+
+def canonical_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``KEY_ALIASES`` replaced by their keys; a key and its alias with different values
+    are a ``ConfigError``."""
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for key, value in values.items():
+        name = KEY_ALIASES.get(key, key)
+        if name in out and given[name] != key and out[name] != value:
+            raise ConfigError(f"{given[name]}={out[name]!r} and {key}={value!r} set the same key {name!r} "
+                              "to different values")
+        out[name], given[name] = value, key
+    return out
 
 
 def field_names() -> list[str]:
@@ -214,8 +235,9 @@ def validate(config: TrainConfig) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for name, models in OPTION_MODELS.items():
         value = getattr(config, name)
-        if config.model not in models and value != defaults[name]:
-            raise ConfigError(f"{name}={value!r} applies to model {' or '.join(models)} only; "
+        if config.model not in models and name not in family.options and value != defaults[name]:
+            takers = [*models, *(f.name for f in registry.families() if name in f.options)]
+            raise ConfigError(f"{name}={value!r} applies to model {' or '.join(takers)} only; "
                               f"model={config.model!r} has no such option")
     if not 0.0 <= config.mixln_rho <= 1.0:
         raise ConfigError(f"mixln_rho={config.mixln_rho!r}: expected a number in [0, 1]")
@@ -227,9 +249,16 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"epochs={config.epochs!r}: expected a positive number or null (use steps)")
     if family.model_types is None and config.model_type is not None:
         raise ConfigError(f"model_type={config.model_type!r}: model={config.model!r} has no model types")
+    if family.model_types is not None and config.model_type is None:
+        choices = f" (one of {', '.join(family.model_types)})" if family.model_types else ""
+        raise ConfigError(f"model={config.model!r} needs a model_type{choices}",
+                          cli=f"model {config.model} needs a MODEL_TYPE: resnorm train {config.model} "
+                              f"MODEL_TYPE ...{choices}")
     if family.model_types and config.model_type not in family.model_types:
         raise ConfigError(f"model_type={config.model_type!r}: model={config.model!r} needs one of "
-                          f"{', '.join(family.model_types)}")
+                          f"{', '.join(family.model_types)}",
+                          cli=f"unknown MODEL_TYPE {config.model_type!r} for model {config.model}; "
+                              f"supported: {', '.join(family.model_types)}")
     if family.task == "text" and config.data in IMAGE_DATASETS:
         raise ConfigError(f"data={config.data!r} is an image dataset; {config.model} needs 'stdlib' or a "
                           "text file path")
@@ -303,7 +332,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not key=value; valid keys: {', '.join(field_names())}")
         key, text = item.split("=", 1)
         key = key.strip().replace("-", "_")
-        values[key] = parse_value(key, text)
+        name = KEY_ALIASES.get(key, key)
+        value = parse_value(name, text)
+        if name != key and name in values and values[name] != value:
+            raise ConfigError(f"{name}={values[name]!r} and {key}={value!r} set the same key {name!r} to "
+                              "different values")
+        values[name] = value
     return values
 
 
@@ -316,6 +350,7 @@ def from_dict(values: dict[str, Any]) -> TrainConfig:
     """A ``TrainConfig`` from a mapping; unknown keys are a ``ConfigError`` listing the valid ones."""
     if not isinstance(values, dict):
         raise ConfigError(f"a config must be a mapping of key: value, got {type(values).__name__}")
+    values = canonical_keys(values)
     names = field_names()
     unknown = sorted(set(values) - set(names), key=str)
     if unknown:
@@ -372,7 +407,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """YAML file (optional) then ``key=value`` overrides. The YAML's ``model`` (or an override's) picks the
     family's defaults of ``config_for``; keys given explicitly always win. ``model`` (the command line's
     MODEL) must agree with a ``model`` the file or the overrides give."""
-    values = read_yaml_mapping(path) if path is not None else {}
+    values = canonical_keys(read_yaml_mapping(path)) if path is not None else {}
     from_file = values.get("model")
     values = apply_overrides(values, list(overrides or []))
     if model is not None:
@@ -446,6 +481,8 @@ def recipe_summary(config: TrainConfig) -> str:
     family = registry.get(c.model)
     if family.task == "text":
         parts.append(f"d_model {c.d_model}, {c.n_head} heads, block {c.block_size}, dropout {c.dropout:g}")
+    if c.model_type is not None:
+        parts.append(f"model_type {c.model_type}")
     elif family.layout == "flat":
         parts.append(f"width {c.width}")
     if family.task == "image":
@@ -457,6 +494,6 @@ def recipe_summary(config: TrainConfig) -> str:
 __all__ = [
     "TrainConfig", "ConfigError", "load_config", "config_for", "save_config", "from_dict", "apply_overrides",
     "parse_overrides", "parse_value", "field_names", "validate", "resume_config", "check_resume_compatible",
-    "recipe_summary", "read_yaml_mapping", "MUTABLE_ON_RESUME", "OPTIMIZERS", "SCHEDULES", "DEVICES",
-    "AMP_MODES",
+    "recipe_summary", "read_yaml_mapping", "canonical_keys", "KEY_ALIASES", "MUTABLE_ON_RESUME",
+    "OPTIMIZERS", "SCHEDULES", "DEVICES", "AMP_MODES",
 ]

@@ -11,9 +11,10 @@ each residual block ``model.blocks[i]`` in depth order:
 - ``update_ratio[i] = ||theta_after - theta_before|| / ||theta_before||`` over the block's parameters,
   for that optimizer step (the "update/weight ratio" of Karpathy's CS231n notes, OLMo, torchtitan);
 
-plus the global gradient norm over all parameters and, for a GPT, the attention entropy per layer
-(``-sum_k p_k log p_k`` in nats, averaged over batch, heads and queries; the model computes it when its
-attention modules have ``record_entropy = True``, which the probe sets for the probe step only), and
+plus the global gradient norm over all parameters and, for a GPT (and the ``hf`` family's models),
+the attention entropy per layer (``-sum_k p_k log p_k`` in nats, averaged over batch, heads and
+queries; the model computes it when its attention modules have ``record_entropy = True``, which the
+probe sets for the probe step only), and
 for multi-stream models (placements hyper, mhc) ``mix_gain_fwd[i]`` / ``mix_gain_bwd[i]``: the largest
 absolute row / column sum of the composite stream mixing from the input to block i (the model's
 ``residual_mixing_gains()``; DeepSeek's mHC paper reads these to show HC's gains explode).
@@ -38,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from resnorm.integrations.hf_common import materialize
+
 
 def block_parameters(block: nn.Module) -> list[nn.Parameter]:
     """The trainable parameters of ``block``, each once."""
@@ -57,8 +60,11 @@ def grad_norm(params: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
-    """The stream a block returns: a tensor, or the stream interface's ``(hidden, residual)`` pair
-    (the stream is ``hidden + residual``; ``hidden`` when ``residual`` is None)."""
+    """The stream a block returns: a tensor, the stream interface's ``(hidden, residual)`` pair (the
+    stream is ``hidden + residual``; ``hidden`` when ``residual`` is None), or a Hugging Face decoder
+    layer's ``ResidualStream`` when ``apply_resnorm`` fused its adds (``materialize``: the tensor the
+    unpatched layer returns)."""
+    output = materialize(output)
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):

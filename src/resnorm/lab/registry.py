@@ -12,11 +12,20 @@ A :class:`ModelFamily` says, for one name (``residual-mlp``, ``gpt``, ...):
 - ``defaults``: the default recipe (``TrainConfig`` fields) with ``recipe_source``, where it comes from;
 - ``design_fields(placement, norm)``: the fields a residual/norm design sets (None: no design switch),
   and ``design_label(config)``: the design a saved config used;
+- ``designs``: for a family whose designs are not placement x norm pairs, its own named designs
+  (``NamedDesign``: a name, the config fields it sets, one line saying what it is), e.g. the Hugging
+  Face family's ``hf`` (the model's own code) and ``hf+resnorm``; a config's label is the first whose
+  fields it has;
+- ``options``: the design-option keys of ``TrainConfig`` (``resnorm.lab.config.OPTION_MODELS``) the
+  family takes besides the built-in models that take them;
 - ``check(config)``: family-specific validation (raise ``ConfigError``);
+- ``available()``: raises ``ConfigError`` when the family cannot run on this machine (a missing
+  optional package); a study calls it before it starts, the family's ``build`` fails the same way;
 - ``model_types``: None when the family has no sub-types; else the valid ``model_type`` values (an
-  empty tuple accepts any value and leaves it to ``check``), e.g. a Hugging Face family's
-  ``llama``/``gpt2`` (``resnorm train hf llama ...``);
-- ``study``: the quick recipe ``resnorm compare --model ALIAS`` uses (None: not in compare);
+  empty tuple accepts any value and leaves it to ``check``), e.g. the Hugging Face family's
+  ``llama``/``gpt2`` (``resnorm train hf llama ...``, ``resnorm compare --model hf:llama``);
+- ``study``: the quick recipe ``resnorm compare --model ALIAS`` uses (None: not in compare; a family
+  with model types is compared as ``ALIAS:TYPE``);
 - ``make_task(config, device)``: optional, a task of the family's own (e.g. text through a tokenizer)
   in place of the lab's ``ImageTask``/``TextTask`` (``resnorm.lab.tasks``: it must offer the same
   methods: ``train_batch``, ``loss``, ``eval_batches``, ``epoch_at``, ``steps_per_epoch``,
@@ -24,7 +33,8 @@ A :class:`ModelFamily` says, for one name (``residual-mlp``, ``gpt``, ...):
 
 Adding a family: ``register(ModelFamily(...))`` from a module listed in ``PLUGINS`` (imported on the
 first lookup, so it must import heavy libraries inside ``build`` only; ``lazy_builder("pkg.mod", "fn")``
-defers the import of the builder itself). Nothing else in the lab lists model names.
+defers the import of the builder itself). ``resnorm.lab.hf`` registers the Hugging Face family ``hf``
+that way. Nothing else in the lab lists model names.
 """
 
 from __future__ import annotations
@@ -42,17 +52,23 @@ if TYPE_CHECKING:
 
     from resnorm.lab.config import TrainConfig
 
-__all__ = ["ModelFamily", "StudyDefaults", "register", "get", "names", "families", "study_aliases",
-           "by_study_alias", "design_name", "lazy_builder", "PLUGINS", "TASKS"]
+__all__ = ["ModelFamily", "NamedDesign", "StudyDefaults", "register", "get", "names", "families",
+           "study_aliases", "study_models", "by_study_alias", "parse_study_model", "design_name",
+           "lazy_builder", "PLUGINS", "TASKS"]
 
 TASKS = ("image", "text")
-# Modules that register more families when imported (e.g. "resnorm.hf.lab"); a missing one is skipped.
-PLUGINS: list[str] = []
+# Modules that register more families when imported; a missing one is skipped.
+PLUGINS: list[str] = ["resnorm.lab.hf"]
 
 
 @dataclass(frozen=True)
 class StudyDefaults:
-    """What ``resnorm compare --model ALIAS`` runs by default, and its quick per-run recipe."""
+    """What ``resnorm compare --model ALIAS`` runs by default, and its quick per-run recipe.
+
+    ``columns``: the summary table's columns (keys of ``resnorm.lab.summary.COLUMNS``; None: the
+    default ``SUMMARY_COLUMNS``). ``same_numbers_rtol``: set when the designs compute the same
+    function (a speed and memory study): the summary then says how far each design's training losses
+    are from the first design's, against this relative tolerance."""
 
     alias: str
     designs: tuple[str, ...]
@@ -61,6 +77,21 @@ class StudyDefaults:
     steps: int
     recipe: Mapping[str, Any]
     note: str = ""
+    columns: tuple[str, ...] | None = None
+    same_numbers_rtol: float | None = None
+
+
+@dataclass(frozen=True)
+class NamedDesign:
+    """A design of a family whose designs are not placement x norm pairs: the config ``fields`` it
+    sets, and one line saying what it is."""
+
+    name: str
+    fields: Mapping[str, Any]
+    summary: str = ""
+
+    def matches(self, config: Mapping[str, Any]) -> bool:
+        return all(config.get(k) == v for k, v in self.fields.items())
 
 
 @dataclass(frozen=True)
@@ -83,6 +114,9 @@ class ModelFamily:
     study: StudyDefaults | None = None
     placements: tuple[str, ...] | None = field(default=None)  # placements design_fields accepts (None: all)
     make_task: Callable[[TrainConfig, Any], Any] | None = None
+    designs: tuple[NamedDesign, ...] | None = None
+    options: tuple[str, ...] = ()
+    available: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -101,6 +135,8 @@ class ModelFamily:
         """The name of the design a config uses (a named design when one matches)."""
         if self.design_label is not None:
             return self.design_label(config)
+        if self.designs is not None:
+            return next((d.name for d in self.designs if d.matches(config)), self.name)
         placement, norm = config.get("placement"), config.get("norm")
         if self.design_fields is None or placement is None or norm is None:
             return self.name
@@ -162,11 +198,41 @@ def study_aliases() -> dict[str, str]:
     return {f.study.alias: f.name for f in families() if f.study is not None}
 
 
-def by_study_alias(alias: str) -> ModelFamily:
+def study_models() -> list[str]:
+    """What ``resnorm compare --model`` accepts, for messages: each alias, ``ALIAS:TYPE`` for a family
+    with model types."""
+    return [f"{f.study.alias}:TYPE" if f.model_types is not None else f.study.alias
+            for f in families() if f.study is not None]
+
+
+def parse_study_model(spec: str) -> tuple[ModelFamily, str | None]:
+    """``resnorm compare --model`` -> (family, model type or None): ``ALIAS`` or, for a family with
+    model types, ``ALIAS:TYPE`` (checked against ``model_types``; ``ALIAS`` alone: the type of the
+    family's defaults, or a ``ConfigError`` when they have none)."""
     aliases = study_aliases()
+    alias, sep, model_type = str(spec).partition(":")
     if alias not in aliases:
-        raise ConfigError(f"unknown --model {alias!r}; valid models: {', '.join(aliases)}")
-    return _FAMILIES[aliases[alias]]
+        raise ConfigError(f"unknown --model {spec!r}; valid models: {', '.join(study_models())}")
+    family = _FAMILIES[aliases[alias]]
+    if family.model_types is None:
+        if sep:
+            raise ConfigError(f"--model {spec!r}: {alias} has no model types; give --model {alias}")
+        return family, None
+    types = family.model_types
+    if not sep:
+        model_type = family.defaults.get("model_type")
+    if not model_type:
+        choices = f": TYPE one of {', '.join(types)}" if types else ""
+        raise ConfigError(f"--model {alias} needs a model type, --model {alias}:TYPE{choices}")
+    if types and model_type not in types:
+        raise ConfigError(f"--model {spec!r}: unknown model type {model_type!r} for {alias}; "
+                          f"supported: {', '.join(types)}")
+    return family, model_type
+
+
+def by_study_alias(alias: str) -> ModelFamily:
+    """The family of a ``resnorm compare --model`` value (``ALIAS`` or ``ALIAS:TYPE``)."""
+    return parse_study_model(alias)[0]
 
 
 def design_name(config: Mapping[str, Any]) -> str:

@@ -29,6 +29,7 @@ from resnorm.lab.designs import in_order
 from resnorm.lab.errors import ConfigError, RunFolderError
 from resnorm.lab.runfolder import METRICS_FILE, RunData, find_run_dirs, load_run, read_study
 from resnorm.lab.summary import (
+    COLUMNS,
     SUMMARY_COLUMNS,
     format_cell,
     format_summary_table,
@@ -155,7 +156,7 @@ def render_html(
         parts.append("</div>")
     parts.append(f"<p class='meta'>{len(runs)} run(s); generated "
                  f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by resnorm.lab.report. "
-                 f"{html.escape(summary_notes(rows))}</p>")
+                 f"{html.escape(summary_notes(rows, [k for k, _ in _html_columns(rows)]))}</p>")
     parts.append("<h2>Summary</h2><div class='study'>")
     parts.append(_summary_table_html(rows))
     first = "study_accuracy.png"
@@ -234,12 +235,20 @@ def _img(path: Path, alt: str) -> str:
     return f"<img alt='{html.escape(alt, quote=True)}' src='data:image/png;base64,{data}'>"
 
 
+def _html_columns(rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """The default columns, plus step time and peak memory when a run recorded them."""
+    extra = [(k, COLUMNS[k]) for k in ("step_time_s", "peak_memory_mib")
+             if any(row.get(k) is not None for row in rows)]
+    return [*SUMMARY_COLUMNS, *extra]
+
+
 def _summary_table_html(rows: Sequence[dict]) -> str:
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in [("run", "run")] + SUMMARY_COLUMNS)
+    columns = _html_columns(rows)
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in [("run", "run"), *columns])
     body = []
     for row in rows:
         cells = [f"<td class='text'>{html.escape(row['run'])}</td>"]
-        for key, _ in SUMMARY_COLUMNS:
+        for key, _ in columns:
             text = html.escape(format_cell(key, row.get(key)))
             cls = "text" if key == "design" else ""
             if key == "verdict":

@@ -275,6 +275,8 @@ class RunResult:
     split. ``grad_ratio``: first-block / last-block gradient norm, geometric mean over the probes;
     ``grad_ratio_first`` / ``grad_ratio_last``: the same ratio at the first and the last probe.
     ``stop_signal``: ``"SIGINT"`` or ``"SIGTERM"`` when a signal interrupted the run.
+    ``step_time_s``: median seconds of a training step without probes; ``peak_memory_mib``: peak tensor
+    memory of one training step above what was in use at its start (``resnorm.lab.memory``).
     """
 
     status: str
@@ -291,6 +293,8 @@ class RunResult:
     grad_ratio_first: float | None = None
     grad_ratio_last: float | None = None
     stop_signal: str | None = None
+    step_time_s: float | None = None
+    peak_memory_mib: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

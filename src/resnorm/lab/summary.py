@@ -29,7 +29,8 @@ from resnorm.lab.probes import grad_ratio
 from resnorm.lab.runfolder import RunData
 
 __all__ = ["TRAINED_MARGIN", "VERDICTS", "verdict", "geometric_mean", "grad_ratio_summary", "summarize",
-           "format_cell", "format_summary_table", "SUMMARY_COLUMNS", "summary_notes"]
+           "format_cell", "format_summary_table", "SUMMARY_COLUMNS", "COLUMNS", "summary_notes",
+           "loss_agreement"]
 
 TRAINED_MARGIN = 0.05
 VERDICTS = ("trained", "did not train", "diverged")
@@ -120,6 +121,8 @@ def summarize(run: RunData) -> dict:
         judged = verdict(status, train_loss, math.log(10), val_loss)
     steps = result.get("steps", run.train[-1]["step"] if run.train else 0)
     wall_s = result.get("wall_s", run.train[-1].get("time_s") if run.train else None)
+    step_time_s = result.get("step_time_s")
+    peak_memory_mib = result.get("peak_memory_mib")
     return {
         "run": run.name,
         "design": run.design,
@@ -133,21 +136,29 @@ def summarize(run: RunData) -> dict:
         **ratios,
         "steps": steps,
         "wall_s": wall_s,
+        "step_time_s": step_time_s,
+        "peak_memory_mib": peak_memory_mib,
     }
 
 
-SUMMARY_COLUMNS = [
-    ("design", "design"),
-    ("depth", "depth"),
-    ("verdict", "result"),
-    ("train_loss", "train loss"),
-    ("val_acc", "val acc"),
-    ("val_loss", "val loss"),
-    ("grad_ratio", "grad ratio"),
-    ("grad_ratio_last", "at end"),
-    ("steps", "steps"),
-    ("wall_s", "time"),
-]
+COLUMNS = {  # every column a summary table can show: row key -> title
+    "design": "design",
+    "depth": "depth",
+    "verdict": "result",
+    "train_loss": "train loss",
+    "val_acc": "val acc",
+    "val_loss": "val loss",
+    "grad_ratio": "grad ratio",
+    "grad_ratio_last": "at end",
+    "steps": "steps",
+    "wall_s": "time",
+    "step_time_s": "step time",
+    "peak_memory_mib": "peak mem",
+}
+# the default table (a study may choose its own columns: registry.StudyDefaults.columns)
+SUMMARY_COLUMNS = [(key, COLUMNS[key]) for key in ("design", "depth", "verdict", "train_loss", "val_acc",
+                                                   "val_loss", "grad_ratio", "grad_ratio_last", "steps",
+                                                   "wall_s")]
 
 
 def format_cell(key: str, value) -> str:
@@ -163,27 +174,70 @@ def format_cell(key: str, value) -> str:
         return f"{value:.2e}" if math.isfinite(value) else str(value)
     if key == "wall_s":
         return f"{value:.1f}s"
+    if key == "step_time_s":
+        return f"{1000.0 * value:.1f}ms"
+    if key == "peak_memory_mib":
+        return f"{value:.2f}MiB"
     return str(value)
 
 
-def summary_notes(rows: Sequence[dict]) -> str:
-    """The legend printed under the table: the verdict rule with the baseline(s), the ratio columns."""
+def summary_notes(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """The legend printed under the table: the verdict rule with the baseline(s), and what the other
+    columns shown (``columns``; None: ``SUMMARY_COLUMNS``) mean."""
+    keys = [k for k, _ in SUMMARY_COLUMNS] if columns is None else list(columns)
     baselines = sorted({round(r["baseline_loss"], 3) for r in rows if r.get("baseline_loss") is not None})
     base = (f" ({', '.join(f'{b:.3f}' for b in baselines)} nats here)" if baselines else "")
-    return (f"result: trained = final training and validation loss at least {TRAINED_MARGIN:.0%} below the "
+    text = (f"result: trained = final training and validation loss at least {TRAINED_MARGIN:.0%} below the "
             f"baseline, the loss of predicting the training set's class or character frequencies{base}; "
-            "diverged = NaN/inf. grad ratio: first-block / last-block gradient norm, geometric mean over "
-            "the probes (<< 1: gradients vanish toward the input); at end: the last probe's.")
+            "diverged = NaN/inf.")
+    if "grad_ratio" in keys:
+        text += (" grad ratio: first-block / last-block gradient norm, geometric mean over the probes "
+                 "(<< 1: gradients vanish toward the input); at end: the last probe's.")
+    if "step_time_s" in keys:
+        text += (" step time: median wall-clock time of a training step (batch, forward, backward, "
+                 "optimizer), probe steps excluded.")
+    if "peak_memory_mib" in keys:
+        text += (" peak mem: the most tensor memory one training step used above what was in use when it "
+                 "began (activations, gradients, temporaries; not the weights or optimizer state).")
+    return text
 
 
-def format_summary_table(rows: Sequence[dict], notes: bool = False) -> str:
-    """A plain-text table of :func:`summarize` rows, for the terminal (``notes``: the legend under it)."""
-    header = [title for _, title in SUMMARY_COLUMNS]
-    body = [[format_cell(key, row.get(key)) for key, _ in SUMMARY_COLUMNS] for row in rows]
+def loss_agreement(runs: Sequence[RunData], rtol: float) -> list[str]:
+    """For designs meant to compute the same numbers: at each depth, the largest relative difference
+    ``|l - l_ref| / |l_ref|`` between each design's training losses and the first design's, over the
+    steps both logged, against ``rtol``; one line per design and depth."""
+    lines = []
+    depths = sorted({r.depth for r in runs if r.depth is not None})
+    for depth in depths:
+        at_depth = [r for r in runs if r.depth == depth]
+        ref = at_depth[0]
+        ref_losses = {t["step"]: t.get("loss") for t in ref.train}
+        for run in at_depth[1:]:
+            pairs = [(t.get("loss"), ref_losses[t["step"]]) for t in run.train if t["step"] in ref_losses]
+            pairs = [(a, b) for a, b in pairs if _finite(a) and _finite(b)]
+            head = f"same numbers, depth {depth}: {run.design} vs {ref.design}:"
+            if not pairs:
+                lines.append(f"{head} no training step with a finite loss in both runs")
+                continue
+            worst = max(abs(a - b) / max(abs(b), 1e-30) for a, b in pairs)
+            judged = (f"equal within {rtol:g}" if worst <= rtol else
+                      f"DIFFERENT (more than the tolerance {rtol:g})")
+            lines.append(f"{head} training losses {judged}: largest relative difference {worst:.1e} over "
+                         f"{len(pairs)} steps")
+    return lines
+
+
+def format_summary_table(rows: Sequence[dict], notes: bool = False,
+                         columns: Sequence[str] | None = None) -> str:
+    """A plain-text table of :func:`summarize` rows, for the terminal (``notes``: the legend under it;
+    ``columns``: keys of ``COLUMNS``, default ``SUMMARY_COLUMNS``)."""
+    chosen = SUMMARY_COLUMNS if columns is None else [(k, COLUMNS[k]) for k in columns]
+    header = [title for _, title in chosen]
+    body = [[format_cell(key, row.get(key)) for key, _ in chosen] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in body]
     if notes:
-        lines += ["", summary_notes(rows)]
+        lines += ["", summary_notes(rows, [k for k, _ in chosen])]
     return "\n".join(lines)

@@ -31,6 +31,14 @@ saving). A non-finite loss or gradient norm stops the run before the optimizer a
 "diverged" at that step, every metric kept, and the last good checkpoint left in place (a checkpoint is
 never written from non-finite weights).
 
+Speed and memory: ``result.json`` has ``step_time_s``, the median wall-clock time of this session's
+training steps (batch, forward, backward, optimizer step; without the probe steps, evaluations and
+checkpoints), and ``peak_memory_mib``, the peak tensor memory of one training step above what was in
+use when it began (activations, gradients, temporaries; ``resnorm.lab.memory.StepMemory``: the CUDA
+allocator's count on a GPU, a count of every new tensor storage on a CPU), measured on the first step
+after the first one that probes nothing (when every later step probes: on the second step, the probe's
+bookkeeping not counted on a CPU; None for a one-step run).
+
 Probes (``resnorm.lab.probes``) record per-block gradient norms after the backward pass and *before*
 gradient clipping, like the global norm that is logged.
 
@@ -45,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -59,6 +68,7 @@ from resnorm.lab.checkpoint import capture_rng, restore_rng, seed_everything
 from resnorm.lab.config import TrainConfig, check_resume_compatible, validate
 from resnorm.lab.distributed import DistContext, init_distributed
 from resnorm.lab.errors import ConfigError, NothingToResumeError, RunFolderError, RunFolderExistsError
+from resnorm.lab.memory import StepMemory
 from resnorm.lab.probes import BlockProbe, SpikeDetector, grad_ratio
 from resnorm.lab.runfolder import (
     CHECKPOINT_FILE,
@@ -251,6 +261,11 @@ class Trainer:
         self.diverged_step: int | None = None
         self.stop_signal: str | None = None
         self.ratios: list[float] = []
+        self.step_times: list[float] = []  # seconds per plain step (no probes, no memory count)
+        self._probe_step_times: list[float] = []
+        self.peak_memory_mib: float | None = None  # resnorm.lab.memory.StepMemory of one step
+        self._memory_measured = False
+        self._memory: StepMemory | None = None
         self.last_val: dict[str, Any] | None = None
         self.already_finished: RunResult | None = None
         self._elapsed_before = 0.0
@@ -276,6 +291,9 @@ class Trainer:
             raise ConfigError(f"batch_size={config.batch_size} must be divisible by the number of processes "
                               f"({ctx.world_size}): each rank takes an equal shard of every batch")
         state = self._check_folder_everywhere()
+        family = registry.get(config.model)
+        if self._given_model is None and family.available is not None:
+            family.available()  # a missing optional package, before the data is read
 
         seed_everything(config.seed)  # identical model init on every rank
         self.task = task = build_task(config, ctx.device)
@@ -408,11 +426,13 @@ class Trainer:
         config, ctx, task, step = self.config, self.ctx, self.task, self.step_count
         probe, optimizer, log = self.probe, self.optimizer, self.log
         requested = self._stop is not None and self._stop.requested
+        started = time.perf_counter()
         lr = lr_at(step, config, self.total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = task.train_batch(step, ctx.rank, ctx.world_size)
-        probing = probe is not None and (step == 0 or (step + 1) % config.probe_every == 0)
+        probing = self._probes_at(step)
+        memory = self._memory_probe(step, probing)
         if probing:
             probe.start()
         with _autocast(config, ctx.device):
@@ -422,7 +442,8 @@ class Trainer:
         loss.backward()
         total_norm = _total_grad_norm(self._params)
         if probing:
-            probe.after_backward()  # per-block gradient norms before clipping, like total_norm
+            with memory.paused() if memory is not None else contextlib.nullcontext():
+                probe.after_backward()  # per-block gradient norms before clipping, like total_norm
         stats = torch.stack([loss.detach().float(), total_norm.float(),
                              torch.tensor(float(requested), device=ctx.device)])
         if ctx.distributed:
@@ -436,6 +457,8 @@ class Trainer:
         bad = (len(values) > 3 and values[3] > 0) or not (math.isfinite(loss_value)
                                                          and math.isfinite(norm_value))
         if bad:
+            if memory is not None:
+                memory.stop()
             if probing:
                 probe.cancel()
             self.status, self.diverged_step = "diverged", step + 1
@@ -447,12 +470,21 @@ class Trainer:
         if config.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(self._params, config.grad_clip, total_norm)
         if probing:
-            probe.before_update()
-        optimizer.step()
+            with memory.paused() if memory is not None else contextlib.nullcontext():
+                probe.before_update()
+        try:
+            optimizer.step()
+        finally:
+            if memory is not None:
+                memory.stop()
         hook = getattr(self.model, "after_optimizer_step", None)
         if callable(hook):
             with torch.no_grad():
                 hook()
+        if memory is not None:
+            self.peak_memory_mib = memory.peak_mib
+        else:  # probe steps do more work, and the measured step runs slower
+            (self._probe_step_times if probing else self.step_times).append(time.perf_counter() - started)
         self.step_count = step = step + 1
         spike = self.spikes.update(loss_value)
         if probing:
@@ -481,6 +513,33 @@ class Trainer:
             self.status = "completed"
             return False
         return True
+
+    def _probes_at(self, step: int) -> bool:
+        """Whether the step of index ``step`` (0-based) probes: the first, then every probe_every-th."""
+        return self.probe is not None and (step == 0 or (step + 1) % self.config.probe_every == 0)
+
+    def _memory_probe(self, step: int, probing: bool) -> StepMemory | None:
+        """A started ``StepMemory`` on the step that measures the run's peak step memory: the first
+        step after the first one (which also creates the optimizer's state) that probes nothing, or,
+        when every later step probes, this probe step (the probe's own bookkeeping paused); not under
+        ``torch.compile`` on CPU (the CPU counter traces every operator in Python)."""
+        if self.peak_memory_mib is not None or step < 1 or self._memory_measured:
+            return None
+        if self.config.compile and self.ctx.device.type != "cuda":
+            return None
+        # below probe_every = 2 at most one of two neighbouring steps probes: look two steps ahead
+        if probing and any(not self._probes_at(i) for i in range(step + 1, min(step + 3, self.total_steps))):
+            return None
+        self._memory_measured = True
+        self._memory = StepMemory(self.ctx.device).start()  # close() stops it if the step fails
+        return self._memory
+
+    def step_time(self) -> float | None:
+        """The median wall-clock seconds of this session's training steps (batch, forward, backward,
+        optimizer), without the probe steps (unless every step probed) and the memory-measuring step;
+        None before one."""
+        times = self.step_times or self._probe_step_times
+        return statistics.median(times) if times else None
 
     def elapsed(self) -> float:
         """Seconds of training so far, across resumptions."""
@@ -583,6 +642,7 @@ class Trainer:
             out_dir=self.out_dir, wall_s=self.elapsed(), total_steps=self.total_steps,
             config=config.to_dict(), baseline_loss=baseline, stop_signal=self.stop_signal,
             verdict=verdict(self.status, final["train_loss"], baseline, final["val_loss"]),
+            step_time_s=self.step_time(), peak_memory_mib=self.peak_memory_mib,
             **grad_ratio_summary(self.ratios))
         if ctx.is_main:
             write_result(result, self.out_dir)
@@ -594,6 +654,8 @@ class Trainer:
         if self._closed:
             return
         self._closed = True
+        if self._memory is not None:
+            self._memory.stop()
         if self.log is not None:
             self.log.close()
         if self.ctx is not None:
