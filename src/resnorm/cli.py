@@ -1,4 +1,4 @@
-"""The ``resnorm`` command: compare, train, report, seeds, bench.
+"""The ``resnorm`` command: compare, study, train, report, seeds, bench.
 
 ``main(argv)`` returns the exit status: 0 on success (a run that diverged included: it finished and
 says so), 2 for bad input (argparse's own errors included), 130 when stopped by Ctrl-C (SIGINT) and 143
@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnorm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_compare(sub)
+    _add_study(sub)
     _add_train(sub)
     _add_report(sub)
     _add_seeds(sub)
@@ -155,6 +156,48 @@ def _add_compare(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing study folder's runs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_compare)
+
+
+def _add_study(sub) -> None:
+    from resnorm.lab import studies
+
+    rows = []
+    for name in studies.names():
+        study = studies.get(name)
+        rows.append(f"  {name:<16} {study.title}")
+        pad = " " * 19
+        rows += textwrap.wrap(f"claim: {study.claim}", 90, initial_indent=pad, subsequent_indent=pad)
+        rows.append(pad + "settings: " + ", ".join(p.name for p in study.params))
+    p = sub.add_parser(
+        "study",
+        help="reproduce a paper's claim (he2016, xiong2020, deepnet2022, mhc2026, default-compare)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.dedent("""\
+            Run a named reproduction: print the paper's claim and published numbers and the recipe,
+            train the study's runs, make its measurements, then print its table and a one-line
+            verdict (reproduced / partly reproduced / not reproduced, measured beside published) and
+            write OUT/report.html, OUT/verdict.json and OUT/summary.txt. --quick (the default) runs in
+            at most 5 minutes on a 2-core CPU; --full is the budget the claim needs (docs/studies.md
+            says which budget produced which number).
+            """),
+        epilog="studies:\n" + "\n".join(rows) + "\n\nKEY=VALUE: a study setting above (data=PATH points "
+        "at CIFAR-10 or a text file;\nseeds=0,1,2) or a training-config key that changes every run's "
+        "recipe; the keys a\nstudy sets per run (e.g. placement, lr, seed) are an error.",
+    )
+    p.add_argument("name", metavar="NAME", help="the study: " + ", ".join(studies.names()))
+    p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                   help="study settings or training-config overrides")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--quick", dest="budget", action="store_const", const="quick",
+                        help="at most 5 minutes on a 2-core CPU (default)")
+    budget.add_argument("--full", dest="budget", action="store_const", const="full",
+                        help="the budget the claim needs (long on a CPU)")
+    p.add_argument("--out", help="study folder (default runs/study-NAME-<time>)")
+    p.add_argument("--workers", type=_positive_int, help="processes training runs side by side (default: "
+                   "2 on a multi-core CPU, 1 on a GPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing study folder's runs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_study, budget="quick")
 
 
 def _add_train(sub) -> None:
@@ -295,6 +338,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                  overrides=overrides, workers=args.workers, echo=print)
     print(result.summary or summary.format_summary_table(result.rows, notes=True))
     print(f"\nreport: {result.report}")
+    return EXIT_OK
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from resnorm.lab import studies
+    from resnorm.lab.studies.runner import run_study
+
+    studies.get(args.name)  # an unknown name: one line listing the studies
+    settings = _parse_key_values(args.settings)
+    result = run_study(args.name, args.budget, args.out, settings, workers=args.workers,
+                       overwrite=args.overwrite, progress=not args.no_progress, echo=print)
+    print()
+    print(result.table)
+    print()
+    print(result.line)
+    for note in result.verdict.notes:
+        print(f"  note: {note}")
+    print(f"\nwall time {result.wall_s:.0f} s; report: {result.report}")
     return EXIT_OK
 
 

@@ -18,6 +18,7 @@ Modules, each importing only those above it in this list (the lab's own layering
 - ``trainer``: ``Trainer`` (setup / step / evaluate / save / finish / fit) and ``train``;
 - ``plots``, ``report``: figures and the HTML report from run folders;
 - ``compare``, ``seeds``: the studies; ``bench``: the kernel benchmark;
+- ``studies``: named reproductions of the papers (``resnorm study NAME``), built on ``compare``;
 - ``hf`` (a registry plugin: the Hugging Face family, no ``transformers`` import) and ``hf_model`` (its
   builder, which imports ``resnorm.integrations.transformers``).
 

@@ -56,8 +56,10 @@ __all__ = [
     "recipe_lines",
     "summary_text",
     "default_workers",
+    "train_plan",
     "run_compare",
     "StudyResult",
+    "StudyPlanItem",
 ]
 
 
@@ -404,12 +406,33 @@ def run_compare(
     }
     write_study(study, out_dir)
 
+    train_plan(plan, workers=workers, overwrite=overwrite, progress=progress)
+
+    report_path = report.build_report([out_dir], out_dir / "report.html", rebuild_run_plots=False)
+    runs = [report.load_run(item.run_dir, item.design.name, item.depth) for item in plan]
+    rows = [summary.summarize(r) for r in runs]
+    text = summary_text(rows, runs, family)
+    atomic_write_text(text + "\n", out_dir / SUMMARY_FILE)
+    return StudyResult(out_dir=out_dir, rows=rows, report=report_path, summary=text)
+
+
+def train_plan(plan: Sequence[StudyPlanItem], *, workers: int | None = None, overwrite: bool = False,
+               progress: bool = True, desc: str = "compare") -> None:
+    """Train every item of ``plan`` into its ``run_dir`` and draw its plots: ``workers`` processes side by
+    side (default ``default_workers``; 1 = in this process), deepest runs first, one thread each for
+    small models. A run stopped by Ctrl-C or SIGTERM stops the rest (``StopRequested``); a worker's
+    error is re-raised at once."""
+    if not plan:
+        return
+    workers = default_workers(plan) if workers is None else workers
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise ConfigError(f"--workers must be a positive integer; got {workers!r}")
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(plan), desc="compare", unit="run")
-    threads = _threads_per_worker(family, workers)
+        bar = tqdm(total=len(plan), desc=desc, unit="run")
+    threads = min(_threads_per_worker(registry.get(item.config.model), workers) for item in plan)
     try:
         if workers == 1:
             for item in plan:
@@ -423,13 +446,6 @@ def run_compare(
     finally:
         if bar is not None:
             bar.close()
-
-    report_path = report.build_report([out_dir], out_dir / "report.html", rebuild_run_plots=False)
-    runs = [report.load_run(item.run_dir, item.design.name, item.depth) for item in plan]
-    rows = [summary.summarize(r) for r in runs]
-    text = summary_text(rows, runs, family)
-    atomic_write_text(text + "\n", out_dir / SUMMARY_FILE)
-    return StudyResult(out_dir=out_dir, rows=rows, report=report_path, summary=text)
 
 
 def _design_entry(family: registry.ModelFamily, design: Design) -> dict[str, Any]:

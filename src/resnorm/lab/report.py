@@ -95,12 +95,17 @@ def build_report(
     title: str | None = None,
     progress: bool = False,
     rebuild_run_plots: bool = True,
+    preface_html: str = "",
+    extra_images: dict[str, tuple[Path, str]] | None = None,
 ) -> Path:
     """Load the runs under ``paths`` (run or study folders), draw every plot, write ``report.html``.
 
     ``out`` is the HTML file to write; by default ``report.html`` inside the only folder given, or in
     the current directory when several are given. ``rebuild_run_plots=False`` keeps a run's PNGs when
-    all three exist and are newer than its metrics.jsonl. Returns the path of the HTML file.
+    all three exist and are newer than its metrics.jsonl. ``preface_html`` (trusted, already escaped)
+    goes right under the title, and ``extra_images`` (name -> (PNG path, caption)) right after it: a
+    named study's claim, verdict and own figures (``resnorm.lab.studies``). Returns the path of the HTML
+    file.
     """
     paths = list(paths)
     if not paths:
@@ -123,7 +128,8 @@ def build_report(
     run_images = {run.path: (build_run_plots(run) if rebuild_run_plots or not _plots_fresh(run)
                              else {name: run.path / name for name in RUN_PLOTS}) for run in iterator}
     study_images = build_study_plots(runs, out.parent) if len(runs) > 1 else {}
-    html_text = render_html(runs, run_images, study_images, title=title or _default_title(runs, paths))
+    html_text = render_html(runs, run_images, study_images, title=title or _default_title(runs, paths),
+                            preface_html=preface_html, extra_images=extra_images)
     out.write_text(html_text, encoding="utf-8")
     return out
 
@@ -134,10 +140,20 @@ def render_html(
     study_images: dict[str, Path],
     *,
     title: str,
+    preface_html: str = "",
+    extra_images: dict[str, tuple[Path, str]] | None = None,
 ) -> str:
     """The report page, every image inlined as a base64 data URI (no external files)."""
     rows = [summarize(r) for r in runs]
     parts = [_HEAD.format(title=html.escape(title)), f"<h1>{html.escape(title)}</h1>"]
+    if preface_html:
+        parts.append(preface_html)
+    if extra_images:
+        parts.append("<div class='study'>")
+        for path, caption in extra_images.values():
+            parts.append(f"<figure>{_img(path, caption)}"
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        parts.append("</div>")
     parts.append(f"<p class='meta'>{len(runs)} run(s); generated "
                  f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by resnorm.lab.report. "
                  f"{html.escape(summary_notes(rows, [k for k, _ in _html_columns(rows)]))}</p>")
