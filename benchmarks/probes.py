@@ -95,7 +95,7 @@ def measure(model: str, steps: int, k: int, repeats: int, tmp: Path) -> tuple[li
         f"(same process, same moment, so shared-machine noise cancels): a probe step takes {probe_ms:.2f} ms "
         f"and a plain step {plain_ms:.2f} ms (medians over {len(probe_steps)} and {len(plain_steps)} steps), "
         f"so probes every {k} steps cost **{paired:+.1%}** of training time (budget: under +10%). End to "
-        f"end, median run against median run: {end_to_end:+.1%} (the noisier number on a shared machine)."
+        f"end, median run against median run: {end_to_end:+.1%} (the noisier number)."
     )
     return rows, summary
 
