@@ -356,6 +356,31 @@ def test_save_pretrained_round_trip(model_type, tmp_path):
         assert torch.equal(rt.apply_resnorm(loaded)(ids).logits, logits)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_torch_save_whole_model_round_trip(model_type, monkeypatch):
+    """``torch.save(model)`` / ``torch.load`` of a fused model (pickle): the loaded model is still fused
+    (its layers found by name, even when this process never made their fused class) and still returns
+    tensors as hidden states."""
+    import io
+
+    ref = tiny(model_type)
+    model = rt.apply_resnorm(copy.deepcopy(ref))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    monkeypatch.setattr(rt, "_FUSED_CLASSES", {})  # as in a fresh process
+    loaded = torch.load(buffer, weights_only=False)
+    ids = ids_for()
+    calls = AddNormCalls(monkeypatch)
+    out = loaded(ids, output_hidden_states=True)
+    assert calls.fused == FUSED_ADDS[model_type]
+    expected = ref(ids, output_hidden_states=True)
+    assert_rel(out.logits, expected.logits, 1e-5, "logits after torch.load")
+    for h, h_ref in zip(out.hidden_states, expected.hidden_states, strict=True):
+        assert isinstance(h, torch.Tensor)
+        assert_rel(h, h_ref, 1e-5, "hidden state after torch.load")
+
+
 @pytest.mark.parametrize("model_type", ["phi3", "gpt2"])
 def test_dropout_in_training_matches_unpatched(model_type):
     """Phi-3's residual dropouts and GPT-2's dropouts are called in the unpatched order: the same

@@ -44,7 +44,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -429,21 +428,34 @@ def _materialized_output(out: Any) -> Any:
     return out
 
 
-_MATERIALIZING_FORWARDS: dict[type, Callable[..., Any]] = {}
+def _call_materialized(forward: Callable[..., Any], owner: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    return _materialized_output(forward(owner, *args, **kwargs))
 
 
-def _materializing_forward(cls: type[nn.Module]) -> Callable[..., Any]:
-    """``cls.forward`` followed by ``_materialized_output``, with ``cls.forward``'s signature. Bound to
-    an instance with ``types.MethodType`` (so that ``copy.deepcopy`` rebinds it to the copy)."""
-    if cls not in _MATERIALIZING_FORWARDS:
-        original = cls.forward
+def _materializing_forward(owner: nn.Module) -> Callable[..., Any]:
+    """``type(owner).forward`` followed by ``_materialized_output``, as an instance attribute.
 
-        @functools.wraps(original)
-        def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            return _materialized_output(original(self, *args, **kwargs))
+    A ``functools.partial`` over module-level functions and the owner itself (not a bound method, which
+    pickle stores as ``getattr(owner, "forward")`` and would restore as the class's unpatched forward):
+    ``copy.deepcopy`` and ``torch.save(model)`` / ``torch.load`` carry it to the copy. It keeps the
+    class forward's signature (without ``self``) for whoever inspects it."""
+    original = type(owner).forward
+    forward = functools.partial(_call_materialized, original, owner)
+    signature = inspect.signature(original)
+    forward.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    forward.__doc__ = original.__doc__
+    return forward
 
-        _MATERIALIZING_FORWARDS[cls] = forward
-    return _MATERIALIZING_FORWARDS[cls]
+
+def __getattr__(name: str) -> type[nn.Module]:
+    """The fused decoder-layer classes by name (``LlamaDecoderLayer``, ``GPT2Block``, ...), made on
+    first use: what ``pickle`` looks up when it loads a fused model saved with ``torch.save(model)``."""
+    if not name.startswith("_"):
+        for family in _FAMILIES.values():
+            if (family.layer_class or f"{family.prefix}DecoderLayer") == name:
+                layer_class, _ = family.resolve()
+                return _fused_layer_class(layer_class, family.sublayers)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -533,7 +545,7 @@ def apply_resnorm(model: PreTrainedModel, *, fuse_residual: bool = True) -> PreT
                 layer.__class__ = _fused_layer_class(layer_class, family.sublayers)
         for owner in owners.values():
             if "forward" not in vars(owner):  # hidden states captured from the layers: tensors again
-                owner.forward = types.MethodType(_materializing_forward(type(owner)), owner)
+                owner.forward = _materializing_forward(owner)
     model._resnorm_fuse_residual = bool(previous) or fuse_residual
     return model
 
