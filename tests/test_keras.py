@@ -509,3 +509,15 @@ def test_seed_mlp_documented_command_trains_one_epoch():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "backend torch" in result.stdout
     assert _val_accuracy(result.stdout) > 60.0  # chance is 10%
+
+
+@pytest.mark.parametrize("name", ["seed_mlp", "seed_resnet"])
+def test_examples_with_a_missing_keras_backend_say_so_in_one_line(name):
+    """KERAS_BACKEND naming a backend Keras cannot import: one line naming it, exit 2, no traceback."""
+    env = {**os.environ, "KERAS_BACKEND": "no_such_backend", "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, f"examples/keras/{name}.py", "--epochs", "1"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "KERAS_BACKEND='no_such_backend'" in lines[0] and "error" in lines[0]
