@@ -459,11 +459,12 @@ def test_compile_fullgraph_inductor_llama():
         assert_rel(out, ref(ids).logits, 1e-5, "inductor logits")
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma2", "gemma3_text", "olmo2", "gpt2"])
+@pytest.mark.parametrize("model_type", FAMILIES)
 def test_triton_kernels_through_the_interpreter(model_type, monkeypatch):
-    """The kernel path on CPU (Triton's interpreter, 2 tiny layers), on a family of each casting rule
-    and norm placement, with QK-norms over the head (Qwen 3, Gemma 3 on a transposed view) and over
-    the whole projection (OLMo 2): logits and gradients equal to the unpatched model's."""
+    """The kernel path on CPU (Triton's interpreter, 2 tiny layers), every family (each casting rule
+    and norm placement, QK-norms over the head (Qwen 3, Gemma 3 on a transposed view) and over the
+    whole projection (OLMo 2), Phi-3's residual dropouts): logits and gradients equal to the unpatched
+    model's."""
     pytest.importorskip("triton")
     import resnorm.kernels as kernels
 
