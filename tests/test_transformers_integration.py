@@ -114,8 +114,13 @@ def grads(model):
 
 
 def test_import_resnorm_does_not_import_transformers():
-    code = ("import sys, resnorm, resnorm.integrations, resnorm.nn, resnorm.functional; "
-            "assert 'transformers' not in sys.modules, 'transformers imported'")
+    """Neither the library nor the lab (its hf family registered) nor the CLI imports the optional
+    frameworks: only resnorm.integrations.transformers and resnorm.keras do."""
+    code = ("import sys, resnorm, resnorm.integrations, resnorm.integrations.hf_common, resnorm.nn, "
+            "resnorm.functional, resnorm.lab, resnorm.lab.hf, resnorm.cli; "
+            "resnorm.cli.build_parser(); "
+            "found = [m for m in ('transformers', 'keras') if m in sys.modules]; "
+            "assert not found, f'imported {found}'")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -198,6 +203,35 @@ def test_fused_layer_output_is_a_residual_stream_and_materializes():
     assert stream.shape == hidden[1].shape and stream.dtype == hidden[1].dtype
     assert torch.equal(rt.materialize(stream), hidden[1])
     assert rt.materialize(hidden[0]) is hidden[0]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_bare_decoder_model_and_tied_embeddings(model_type, monkeypatch):
+    """apply_resnorm on the bare decoder (LlamaModel / GPT2Model, no head): the final norm still takes
+    the last add; on a causal LM with tied input and output embeddings the tie survives."""
+    ref = tiny(model_type).base_model
+    assert type(ref).__name__ in ("LlamaModel", "GPT2Model")
+    model = rt.apply_resnorm(copy.deepcopy(ref))
+    ids = ids_for()
+    calls = AddNormCalls(monkeypatch)
+    out = model(ids, output_hidden_states=True)
+    monkeypatch.undo()
+    assert calls.fused == 2 * N_LAYER
+    expected = ref(ids, output_hidden_states=True)
+    assert_rel(out.last_hidden_state, expected.last_hidden_state, 1e-5, "last_hidden_state")
+    for h, h_ref in zip(out.hidden_states, expected.hidden_states, strict=True):
+        assert isinstance(h, torch.Tensor)
+        assert_rel(h, h_ref, 1e-5, "hidden state")
+
+    ref = tiny(model_type, tie_word_embeddings=True)
+    model = rt.apply_resnorm(copy.deepcopy(ref))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert list(model.state_dict()) == list(ref.state_dict())
+    out, expected = model(ids).logits, ref(ids).logits
+    assert_rel(out, expected, 1e-5, "tied logits")
+    loss_of(out, ids).backward()
+    loss_of(expected, ids).backward()
+    assert_grads_close(model, ref, 1e-5, "tied grad")
 
 
 def test_hidden_states_in_tuple_outputs_are_tensors():
