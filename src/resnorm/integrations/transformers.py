@@ -443,7 +443,7 @@ def _materializing_forward(owner: nn.Module) -> Callable[..., Any]:
     forward = functools.partial(_call_materialized, original, owner)
     signature = inspect.signature(original)
     forward.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
-    forward.__doc__ = original.__doc__
+    forward.__name__, forward.__doc__ = "forward", original.__doc__
     return forward
 
 
