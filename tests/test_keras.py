@@ -435,6 +435,21 @@ def test_bad_arguments_raise_clear_errors():
         rk.LayerNorm().build((None, None))
 
 
+@pytest.mark.parametrize("make, name", [
+    (lambda v: rk.LayerNorm(elementwise_affine=v), "elementwise_affine"),
+    (lambda v: rk.LayerNorm(bias=v), "bias"),
+    (lambda v: rk.RMSNorm(zero_centered_weight=v), "zero_centered_weight"),
+    (lambda v: rk.AddNorm(prenorm=v), "prenorm"),
+    (lambda v: rk.AddNorm("layer", bias=v), "bias"),
+    (lambda v: rk.Residual(keras.layers.Dense(D), norm_bias=v), "norm_bias"),
+], ids=lambda c: c if isinstance(c, str) else "")
+def test_switches_must_be_bools(make, name):
+    """A flag given as a string ("False" from a config file, truthy for bool()) is refused, naming it."""
+    with pytest.raises(TypeError, match=f"{name} must be a bool; got str"):
+        make("False")
+    make(False)
+
+
 # ----------------------------------------------------------------------------------------------
 # the seed examples
 
