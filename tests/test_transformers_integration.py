@@ -378,6 +378,9 @@ def test_save_pretrained_round_trip(model_type, tmp_path):
     with torch.no_grad():
         logits = model(ids).logits
     model.save_pretrained(tmp_path)
+    # nothing in it names resnorm (no auto_map, no custom class): transformers alone loads it
+    for path in tmp_path.iterdir():
+        assert b"resnorm" not in path.read_bytes().lower(), path.name
     # the checkpoint is the family's own: the unpatched class loads it with nothing missing
     loaded, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
     assert type(loaded).__name__ == type(model).__name__
