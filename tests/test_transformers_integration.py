@@ -583,6 +583,45 @@ def test_gemma3_multimodal_text_decoder(monkeypatch):
 # errors and re-application
 
 
+def _wrap_forward_on_instance(module):
+    """What accelerate's add_hook_to_module does (device_map dispatch): the instance's forward becomes
+    a wrapper that calls the forward the module had."""
+    import functools
+
+    module._old_forward = module.forward
+    module.forward = functools.update_wrapper(
+        functools.partial(lambda m, *a, **k: m._old_forward(*a, **k), module), module._old_forward)
+
+
+def test_forward_wrapped_on_the_instance():
+    """A wrapper on the decoder stack's forward: hidden states still come back as tensors. A wrapper on a
+    decoder layer (before apply_resnorm) would keep calling the unfused forward, mixing a stream and a
+    tensor: fusing is refused, naming the layer, and fuse_residual=False (norms only) works."""
+    ref = tiny("llama")
+    ids = ids_for()
+    expected = ref(ids, output_hidden_states=True)
+
+    model = copy.deepcopy(ref)
+    _wrap_forward_on_instance(model.model)
+    out = rt.apply_resnorm(model)(ids, output_hidden_states=True)
+    assert_rel(out.logits, expected.logits, 1e-5, "logits")
+    for h, h_ref in zip(out.hidden_states, expected.hidden_states, strict=True):
+        assert isinstance(h, torch.Tensor), type(h).__name__
+        assert_rel(h, h_ref, 1e-5, "hidden state")
+
+    model = copy.deepcopy(ref)
+    _wrap_forward_on_instance(model.model.layers[1])
+    with pytest.raises(ValueError, match=r"model\.layers\.1 .*fuse_residual=False"):
+        rt.apply_resnorm(model)
+    assert type(model.model.layers[0]) is type(ref.model.layers[0])  # nothing changed
+    assert type(model.model.norm) is type(ref.model.norm)
+    assert_rel(rt.apply_resnorm(model, fuse_residual=False)(ids).logits, expected.logits, 1e-5, "norms only")
+
+    model = rt.apply_resnorm(copy.deepcopy(ref))  # wrapped after fusing: applying again is a no-op
+    _wrap_forward_on_instance(model.model.layers[1])
+    assert_rel(rt.apply_resnorm(model)(ids).logits, expected.logits, 1e-5, "wrapped after fusing")
+
+
 def test_unsupported_model_type_lists_the_supported_ones():
     config = transformers.GPTNeoXConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                         num_attention_heads=2, intermediate_size=32)

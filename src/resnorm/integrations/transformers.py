@@ -428,22 +428,37 @@ def _materialized_output(out: Any) -> Any:
     return out
 
 
-def _call_materialized(forward: Callable[..., Any], owner: nn.Module, *args: Any, **kwargs: Any) -> Any:
-    return _materialized_output(forward(owner, *args, **kwargs))
+def _call_materialized(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return _materialized_output(forward(*args, **kwargs))
 
 
 def _materializing_forward(owner: nn.Module) -> Callable[..., Any]:
-    """``type(owner).forward`` followed by ``_materialized_output``, as an instance attribute.
+    """The owner's forward followed by ``_materialized_output``, as an instance attribute.
 
-    A ``functools.partial`` over module-level functions and the owner itself (not a bound method, which
-    pickle stores as ``getattr(owner, "forward")`` and would restore as the class's unpatched forward):
-    ``copy.deepcopy`` and ``torch.save(model)`` / ``torch.load`` carry it to the copy. It keeps the
-    class forward's signature (without ``self``) for whoever inspects it."""
-    original = type(owner).forward
-    forward = functools.partial(_call_materialized, original, owner)
-    signature = inspect.signature(original)
-    forward.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
-    forward.__name__, forward.__doc__ = "forward", original.__doc__
+    The forward wrapped is the one the owner has now: a wrapper already set on the instance (a hook,
+    e.g. accelerate's), else the class's ``forward`` with the owner bound. A ``functools.partial`` over
+    module-level functions and the owner itself (not a bound method, which pickle stores as
+    ``getattr(owner, "forward")`` and would restore as the class's unpatched forward): ``copy.deepcopy``
+    and ``torch.save(model)`` / ``torch.load`` carry it to the copy. It keeps the wrapped forward's
+    signature (without ``self``) for whoever inspects it."""
+    previous = vars(owner).get("forward")
+    if previous is None:
+        original = type(owner).forward
+        forward = functools.partial(_call_materialized, original, owner)
+        try:
+            signature = inspect.signature(original)
+            forward.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+        except (TypeError, ValueError):
+            pass
+    else:
+        original = previous
+        forward = functools.partial(_call_materialized, previous)
+        try:
+            forward.__signature__ = inspect.signature(previous)
+        except (TypeError, ValueError):
+            pass
+    forward.__name__, forward.__doc__ = "forward", getattr(original, "__doc__", None)
+    forward._resnorm_materializing = True
     return forward
 
 
@@ -520,6 +535,13 @@ def apply_resnorm(model: PreTrainedModel, *, fuse_residual: bool = True) -> PreT
         norm_types = (norm_class, _FusedNorm)
         for name, layer in layers:
             _check_layer(layer, family, name, norm_types)
+            wrapper = vars(layer).get("forward")
+            if wrapper is not None and type(layer) is layer_class:  # it would call the unfused forward
+                raise ValueError(
+                    f"{name} has its forward replaced on the instance (a {type(wrapper).__name__}: a hook "
+                    "such as accelerate's device_map dispatch, or a wrapper), which keeps calling the "
+                    "unfused forward; call apply_resnorm before adding it, or use "
+                    "apply_resnorm(model, fuse_residual=False) (the norms only)")
         for owner_name, owner in owners.items():
             final = getattr(owner, family.final_norm, None)
             if not isinstance(final, norm_types):
@@ -543,8 +565,8 @@ def apply_resnorm(model: PreTrainedModel, *, fuse_residual: bool = True) -> PreT
         for _, layer in layers:
             if type(layer) is layer_class:
                 layer.__class__ = _fused_layer_class(layer_class, family.sublayers)
-        for owner in owners.values():
-            if "forward" not in vars(owner):  # hidden states captured from the layers: tensors again
+        for owner in owners.values():  # hidden states captured from the layers: tensors again
+            if not getattr(vars(owner).get("forward"), "_resnorm_materializing", False):
                 owner.forward = _materializing_forward(owner)
     model._resnorm_fuse_residual = bool(previous) or fuse_residual
     return model
