@@ -406,6 +406,37 @@ def test_get_config_round_trips_every_argument(layer):
     assert type(clone) is type(layer) and clone.get_config() == config
 
 
+@pytest.mark.parametrize("make", [
+    lambda: rk.LayerNorm(), lambda: rk.RMSNorm(zero_centered_weight=True),
+    lambda: rk.AddNorm("layer", prenorm=True), lambda: rk.AddNorm("rms", dropout=0.0),
+], ids=["LayerNorm", "RMSNorm-zero-centered", "AddNorm-layer-prenorm", "AddNorm-rms"])
+def test_layers_run_the_triton_kernels(make, monkeypatch):
+    """On the torch backend the layers call resnorm.add_norm, so the kernel backend serves them (here
+    through Triton's interpreter): outputs and gradients equal to the PyTorch path's."""
+    pytest.importorskip("triton")
+    import resnorm
+    import resnorm.kernels as kernels
+
+    launches = []
+    original = kernels.add_norm
+    monkeypatch.setattr(kernels, "add_norm", lambda *a, **k: launches.append(1) or original(*a, **k))
+    layer = make()
+    x = _randn(3, 2 * D, seed=1, dtype=torch.float32).requires_grad_(True)
+    residual = _randn(3, 2 * D, seed=2, dtype=torch.float32)
+    args = (x, residual) if isinstance(layer, rk.AddNorm) else (x,)
+    layer.build(x.shape)
+    _randomize_keras(layer)
+    outputs = {}
+    for backend in ("torch", "triton"):
+        with resnorm.use_backend(backend):
+            out = layer(*args)
+        out = out if isinstance(out, tuple) else (out,)
+        outputs[backend] = [o.detach() for o in out] + _grads(out, [x] + [v.value for v in layer.weights])
+    assert launches
+    for a, b in zip(outputs["triton"], outputs["torch"], strict=True):
+        _close(a, b, 1e-5)
+
+
 # ----------------------------------------------------------------------------------------------
 # bad input
 
