@@ -406,6 +406,37 @@ def test_get_config_round_trips_every_argument(layer):
     assert type(clone) is type(layer) and clone.get_config() == config
 
 
+@pytest.mark.parametrize("make", [
+    lambda: rk.LayerNorm(), lambda: rk.RMSNorm(zero_centered_weight=True),
+    lambda: rk.AddNorm("layer", prenorm=True), lambda: rk.AddNorm("rms", dropout=0.0),
+], ids=["LayerNorm", "RMSNorm-zero-centered", "AddNorm-layer-prenorm", "AddNorm-rms"])
+def test_layers_run_the_triton_kernels(make, monkeypatch):
+    """On the torch backend the layers call resnorm.add_norm, so the kernel backend serves them (here
+    through Triton's interpreter): outputs and gradients equal to the PyTorch path's."""
+    pytest.importorskip("triton")
+    import resnorm
+    import resnorm.kernels as kernels
+
+    launches = []
+    original = kernels.add_norm
+    monkeypatch.setattr(kernels, "add_norm", lambda *a, **k: launches.append(1) or original(*a, **k))
+    layer = make()
+    x = _randn(3, 2 * D, seed=1, dtype=torch.float32).requires_grad_(True)
+    residual = _randn(3, 2 * D, seed=2, dtype=torch.float32)
+    args = (x, residual) if isinstance(layer, rk.AddNorm) else (x,)
+    layer.build(x.shape)
+    _randomize_keras(layer)
+    outputs = {}
+    for backend in ("torch", "triton"):
+        with resnorm.use_backend(backend):
+            out = layer(*args)
+        out = out if isinstance(out, tuple) else (out,)
+        outputs[backend] = [o.detach() for o in out] + _grads(out, [x] + [v.value for v in layer.weights])
+    assert launches
+    for a, b in zip(outputs["triton"], outputs["torch"], strict=True):
+        _close(a, b, 1e-5)
+
+
 # ----------------------------------------------------------------------------------------------
 # bad input
 
@@ -433,6 +464,21 @@ def test_bad_arguments_raise_clear_errors():
         rk.Residual(keras.layers.Dense(D + 1)).build((None, D))
     with pytest.raises(ValueError, match="last axis"):
         rk.LayerNorm().build((None, None))
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda v: rk.LayerNorm(elementwise_affine=v), "elementwise_affine"),
+    (lambda v: rk.LayerNorm(bias=v), "bias"),
+    (lambda v: rk.RMSNorm(zero_centered_weight=v), "zero_centered_weight"),
+    (lambda v: rk.AddNorm(prenorm=v), "prenorm"),
+    (lambda v: rk.AddNorm("layer", bias=v), "bias"),
+    (lambda v: rk.Residual(keras.layers.Dense(D), norm_bias=v), "norm_bias"),
+], ids=lambda c: c if isinstance(c, str) else "")
+def test_switches_must_be_bools(make, name):
+    """A flag given as a string ("False" from a config file, truthy for bool()) is refused, naming it."""
+    with pytest.raises(TypeError, match=f"{name} must be a bool; got str"):
+        make("False")
+    make(False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,3 +555,15 @@ def test_seed_mlp_documented_command_trains_one_epoch():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "backend torch" in result.stdout
     assert _val_accuracy(result.stdout) > 60.0  # chance is 10%
+
+
+@pytest.mark.parametrize("name", ["seed_mlp", "seed_resnet"])
+def test_examples_with_a_missing_keras_backend_say_so_in_one_line(name):
+    """KERAS_BACKEND naming a backend Keras cannot import: one line naming it, exit 2, no traceback."""
+    env = {**os.environ, "KERAS_BACKEND": "no_such_backend", "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, f"examples/keras/{name}.py", "--epochs", "1"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "KERAS_BACKEND='no_such_backend'" in lines[0] and "error" in lines[0]

@@ -114,8 +114,13 @@ def grads(model):
 
 
 def test_import_resnorm_does_not_import_transformers():
-    code = ("import sys, resnorm, resnorm.integrations, resnorm.nn, resnorm.functional; "
-            "assert 'transformers' not in sys.modules, 'transformers imported'")
+    """Neither the library nor the lab (its hf family registered) nor the CLI imports the optional
+    frameworks: only resnorm.integrations.transformers and resnorm.keras do."""
+    code = ("import sys, resnorm, resnorm.integrations, resnorm.integrations.hf_common, resnorm.nn, "
+            "resnorm.functional, resnorm.lab, resnorm.lab.hf, resnorm.cli; "
+            "resnorm.cli.build_parser(); "
+            "found = [m for m in ('transformers', 'keras') if m in sys.modules]; "
+            "assert not found, f'imported {found}'")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -198,6 +203,35 @@ def test_fused_layer_output_is_a_residual_stream_and_materializes():
     assert stream.shape == hidden[1].shape and stream.dtype == hidden[1].dtype
     assert torch.equal(rt.materialize(stream), hidden[1])
     assert rt.materialize(hidden[0]) is hidden[0]
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_bare_decoder_model_and_tied_embeddings(model_type, monkeypatch):
+    """apply_resnorm on the bare decoder (LlamaModel / GPT2Model, no head): the final norm still takes
+    the last add; on a causal LM with tied input and output embeddings the tie survives."""
+    ref = tiny(model_type).base_model
+    assert type(ref).__name__ in ("LlamaModel", "GPT2Model")
+    model = rt.apply_resnorm(copy.deepcopy(ref))
+    ids = ids_for()
+    calls = AddNormCalls(monkeypatch)
+    out = model(ids, output_hidden_states=True)
+    monkeypatch.undo()
+    assert calls.fused == 2 * N_LAYER
+    expected = ref(ids, output_hidden_states=True)
+    assert_rel(out.last_hidden_state, expected.last_hidden_state, 1e-5, "last_hidden_state")
+    for h, h_ref in zip(out.hidden_states, expected.hidden_states, strict=True):
+        assert isinstance(h, torch.Tensor)
+        assert_rel(h, h_ref, 1e-5, "hidden state")
+
+    ref = tiny(model_type, tie_word_embeddings=True)
+    model = rt.apply_resnorm(copy.deepcopy(ref))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert list(model.state_dict()) == list(ref.state_dict())
+    out, expected = model(ids).logits, ref(ids).logits
+    assert_rel(out, expected, 1e-5, "tied logits")
+    loss_of(out, ids).backward()
+    loss_of(expected, ids).backward()
+    assert_grads_close(model, ref, 1e-5, "tied grad")
 
 
 def test_hidden_states_in_tuple_outputs_are_tensors():
@@ -344,6 +378,9 @@ def test_save_pretrained_round_trip(model_type, tmp_path):
     with torch.no_grad():
         logits = model(ids).logits
     model.save_pretrained(tmp_path)
+    # nothing in it names resnorm (no auto_map, no custom class): transformers alone loads it
+    for path in tmp_path.iterdir():
+        assert b"resnorm" not in path.read_bytes().lower(), path.name
     # the checkpoint is the family's own: the unpatched class loads it with nothing missing
     loaded, info = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
     assert type(loaded).__name__ == type(model).__name__
@@ -354,6 +391,31 @@ def test_save_pretrained_round_trip(model_type, tmp_path):
     with torch.no_grad():
         assert_rel(loaded.eval()(ids).logits, logits, 1e-5, "the unpatched model from the checkpoint")
         assert torch.equal(rt.apply_resnorm(loaded)(ids).logits, logits)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_torch_save_whole_model_round_trip(model_type, monkeypatch):
+    """``torch.save(model)`` / ``torch.load`` of a fused model (pickle): the loaded model is still fused
+    (its layers found by name, even when this process never made their fused class) and still returns
+    tensors as hidden states."""
+    import io
+
+    ref = tiny(model_type)
+    model = rt.apply_resnorm(copy.deepcopy(ref))
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    monkeypatch.setattr(rt, "_FUSED_CLASSES", {})  # as in a fresh process
+    loaded = torch.load(buffer, weights_only=False)
+    ids = ids_for()
+    calls = AddNormCalls(monkeypatch)
+    out = loaded(ids, output_hidden_states=True)
+    assert calls.fused == FUSED_ADDS[model_type]
+    expected = ref(ids, output_hidden_states=True)
+    assert_rel(out.logits, expected.logits, 1e-5, "logits after torch.load")
+    for h, h_ref in zip(out.hidden_states, expected.hidden_states, strict=True):
+        assert isinstance(h, torch.Tensor)
+        assert_rel(h, h_ref, 1e-5, "hidden state after torch.load")
 
 
 @pytest.mark.parametrize("model_type", ["phi3", "gpt2"])
@@ -434,11 +496,12 @@ def test_compile_fullgraph_inductor_llama():
         assert_rel(out, ref(ids).logits, 1e-5, "inductor logits")
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma2", "gemma3_text", "olmo2", "gpt2"])
+@pytest.mark.parametrize("model_type", FAMILIES)
 def test_triton_kernels_through_the_interpreter(model_type, monkeypatch):
-    """The kernel path on CPU (Triton's interpreter, 2 tiny layers), on a family of each casting rule
-    and norm placement, with QK-norms over the head (Qwen 3, Gemma 3 on a transposed view) and over
-    the whole projection (OLMo 2): logits and gradients equal to the unpatched model's."""
+    """The kernel path on CPU (Triton's interpreter, 2 tiny layers), every family (each casting rule
+    and norm placement, QK-norms over the head (Qwen 3, Gemma 3 on a transposed view) and over the
+    whole projection (OLMo 2), Phi-3's residual dropouts): logits and gradients equal to the unpatched
+    model's."""
     pytest.importorskip("triton")
     import resnorm.kernels as kernels
 
@@ -518,6 +581,45 @@ def test_gemma3_multimodal_text_decoder(monkeypatch):
 
 # ----------------------------------------------------------------------------------------------
 # errors and re-application
+
+
+def _wrap_forward_on_instance(module):
+    """What accelerate's add_hook_to_module does (device_map dispatch): the instance's forward becomes
+    a wrapper that calls the forward the module had."""
+    import functools
+
+    module._old_forward = module.forward
+    module.forward = functools.update_wrapper(
+        functools.partial(lambda m, *a, **k: m._old_forward(*a, **k), module), module._old_forward)
+
+
+def test_forward_wrapped_on_the_instance():
+    """A wrapper on the decoder stack's forward: hidden states still come back as tensors. A wrapper on a
+    decoder layer (before apply_resnorm) would keep calling the unfused forward, mixing a stream and a
+    tensor: fusing is refused, naming the layer, and fuse_residual=False (norms only) works."""
+    ref = tiny("llama")
+    ids = ids_for()
+    expected = ref(ids, output_hidden_states=True)
+
+    model = copy.deepcopy(ref)
+    _wrap_forward_on_instance(model.model)
+    out = rt.apply_resnorm(model)(ids, output_hidden_states=True)
+    assert_rel(out.logits, expected.logits, 1e-5, "logits")
+    for h, h_ref in zip(out.hidden_states, expected.hidden_states, strict=True):
+        assert isinstance(h, torch.Tensor), type(h).__name__
+        assert_rel(h, h_ref, 1e-5, "hidden state")
+
+    model = copy.deepcopy(ref)
+    _wrap_forward_on_instance(model.model.layers[1])
+    with pytest.raises(ValueError, match=r"model\.layers\.1 .*fuse_residual=False"):
+        rt.apply_resnorm(model)
+    assert type(model.model.layers[0]) is type(ref.model.layers[0])  # nothing changed
+    assert type(model.model.norm) is type(ref.model.norm)
+    assert_rel(rt.apply_resnorm(model, fuse_residual=False)(ids).logits, expected.logits, 1e-5, "norms only")
+
+    model = rt.apply_resnorm(copy.deepcopy(ref))  # wrapped after fusing: applying again is a no-op
+    _wrap_forward_on_instance(model.model.layers[1])
+    assert_rel(rt.apply_resnorm(model)(ids).logits, expected.logits, 1e-5, "wrapped after fusing")
 
 
 def test_unsupported_model_type_lists_the_supported_ones():

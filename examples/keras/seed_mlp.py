@@ -25,12 +25,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 # Keras reads its backend once, when it is first imported: choose PyTorch unless the user chose
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
-import keras  # noqa: E402
+try:
+    import keras  # noqa: E402
+except (ImportError, ValueError) as error:  # keras missing, or KERAS_BACKEND names a backend not installed
+    print(f"{os.path.basename(__file__)}: error: cannot import Keras with "
+          f"KERAS_BACKEND={os.environ['KERAS_BACKEND']!r} ({error}); "
+          "pip install 'resnorm[keras]' and run with KERAS_BACKEND=torch", file=sys.stderr)
+    sys.exit(2)  # bad input, as argparse's errors
 import torch  # noqa: E402
 
 import resnorm.keras as rk  # noqa: E402

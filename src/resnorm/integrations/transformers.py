@@ -44,7 +44,6 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -429,21 +428,49 @@ def _materialized_output(out: Any) -> Any:
     return out
 
 
-_MATERIALIZING_FORWARDS: dict[type, Callable[..., Any]] = {}
+def _call_materialized(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    return _materialized_output(forward(*args, **kwargs))
 
 
-def _materializing_forward(cls: type[nn.Module]) -> Callable[..., Any]:
-    """``cls.forward`` followed by ``_materialized_output``, with ``cls.forward``'s signature. Bound to
-    an instance with ``types.MethodType`` (so that ``copy.deepcopy`` rebinds it to the copy)."""
-    if cls not in _MATERIALIZING_FORWARDS:
-        original = cls.forward
+def _materializing_forward(owner: nn.Module) -> Callable[..., Any]:
+    """The owner's forward followed by ``_materialized_output``, as an instance attribute.
 
-        @functools.wraps(original)
-        def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
-            return _materialized_output(original(self, *args, **kwargs))
+    The forward wrapped is the one the owner has now: a wrapper already set on the instance (a hook,
+    e.g. accelerate's), else the class's ``forward`` with the owner bound. A ``functools.partial`` over
+    module-level functions and the owner itself (not a bound method, which pickle stores as
+    ``getattr(owner, "forward")`` and would restore as the class's unpatched forward): ``copy.deepcopy``
+    and ``torch.save(model)`` / ``torch.load`` carry it to the copy. It keeps the wrapped forward's
+    signature (without ``self``) for whoever inspects it."""
+    previous = vars(owner).get("forward")
+    if previous is None:
+        original = type(owner).forward
+        forward = functools.partial(_call_materialized, original, owner)
+        try:
+            signature = inspect.signature(original)
+            forward.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+        except (TypeError, ValueError):
+            pass
+    else:
+        original = previous
+        forward = functools.partial(_call_materialized, previous)
+        try:
+            forward.__signature__ = inspect.signature(previous)
+        except (TypeError, ValueError):
+            pass
+    forward.__name__, forward.__doc__ = "forward", getattr(original, "__doc__", None)
+    forward._resnorm_materializing = True
+    return forward
 
-        _MATERIALIZING_FORWARDS[cls] = forward
-    return _MATERIALIZING_FORWARDS[cls]
+
+def __getattr__(name: str) -> type[nn.Module]:
+    """The fused decoder-layer classes by name (``LlamaDecoderLayer``, ``GPT2Block``, ...), made on
+    first use: what ``pickle`` looks up when it loads a fused model saved with ``torch.save(model)``."""
+    if not name.startswith("_"):
+        for family in _FAMILIES.values():
+            if (family.layer_class or f"{family.prefix}DecoderLayer") == name:
+                layer_class, _ = family.resolve()
+                return _fused_layer_class(layer_class, family.sublayers)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -508,6 +535,13 @@ def apply_resnorm(model: PreTrainedModel, *, fuse_residual: bool = True) -> PreT
         norm_types = (norm_class, _FusedNorm)
         for name, layer in layers:
             _check_layer(layer, family, name, norm_types)
+            wrapper = vars(layer).get("forward")
+            if wrapper is not None and type(layer) is layer_class:  # it would call the unfused forward
+                raise ValueError(
+                    f"{name} has its forward replaced on the instance (a {type(wrapper).__name__}: a hook "
+                    "such as accelerate's device_map dispatch, or a wrapper), which keeps calling the "
+                    "unfused forward; call apply_resnorm before adding it, or use "
+                    "apply_resnorm(model, fuse_residual=False) (the norms only)")
         for owner_name, owner in owners.items():
             final = getattr(owner, family.final_norm, None)
             if not isinstance(final, norm_types):
@@ -531,9 +565,9 @@ def apply_resnorm(model: PreTrainedModel, *, fuse_residual: bool = True) -> PreT
         for _, layer in layers:
             if type(layer) is layer_class:
                 layer.__class__ = _fused_layer_class(layer_class, family.sublayers)
-        for owner in owners.values():
-            if "forward" not in vars(owner):  # hidden states captured from the layers: tensors again
-                owner.forward = types.MethodType(_materializing_forward(type(owner)), owner)
+        for owner in owners.values():  # hidden states captured from the layers: tensors again
+            if not getattr(vars(owner).get("forward"), "_resnorm_materializing", False):
+                owner.forward = _materializing_forward(owner)
     model._resnorm_fuse_residual = bool(previous) or fuse_residual
     return model
 

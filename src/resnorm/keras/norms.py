@@ -14,6 +14,7 @@ import numbers
 
 import keras
 
+from resnorm._checks import check_bool
 from resnorm.keras import functional
 
 __all__ = ["LayerNorm", "RMSNorm", "AddNorm", "DEFAULT_EPS"]
@@ -71,9 +72,9 @@ class _AddNormLayer(keras.layers.Layer):
     def __init__(self, *, eps: float, affine: bool, bias: bool, zero_centered_weight: bool, **kwargs) -> None:
         super().__init__(**kwargs)
         self.eps = _check_eps(eps)
-        self.zero_centered_weight = bool(zero_centered_weight)
-        self._affine = bool(affine)
-        self._use_bias = bool(bias) and self._affine
+        self.zero_centered_weight = check_bool("zero_centered_weight", zero_centered_weight)
+        self._affine = check_bool("elementwise_affine", affine)
+        self._use_bias = check_bool("bias", bias) and self._affine
         self.weight = None
         self.bias = None
 
@@ -177,13 +178,13 @@ class AddNorm(_AddNormLayer):
                  zero_centered_weight: bool = False, dropout: float = 0.0, prenorm: bool = False,
                  residual_dtype: str | None = None, seed: int | None = None, **kwargs) -> None:
         kind = _check_kind(kind)
-        use_bias = (kind == "layer") if bias is None else bool(bias)
+        use_bias = (kind == "layer") if bias is None else check_bool("bias", bias)
         super().__init__(eps=DEFAULT_EPS[kind] if eps is None else eps, affine=True, bias=use_bias,
                          zero_centered_weight=zero_centered_weight, **kwargs)
         self.kind = kind
         self.use_bias = use_bias
         self.dropout = _check_dropout(dropout)
-        self.prenorm = bool(prenorm)
+        self.prenorm = check_bool("prenorm", prenorm)
         self.residual_dtype = _check_residual_dtype(residual_dtype)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed) if self.dropout > 0 else None

@@ -23,6 +23,7 @@ import numbers
 import keras
 from keras import ops
 
+from resnorm._checks import check_bool
 from resnorm.keras.norms import LayerNorm, RMSNorm
 
 __all__ = ["Residual", "PLACEMENTS", "NORMS"]
@@ -120,7 +121,7 @@ class Residual(keras.layers.Layer):
         self.depth = depth
         self.layerscale_init = float(layerscale_init)
         self.norm_eps = norm_eps
-        self.norm_bias = bool(norm_bias)
+        self.norm_bias = check_bool("norm_bias", norm_bias)
         self.alpha, self.beta = 1.0, 1.0
         if placement == "deepnorm":
             if depth is None:
