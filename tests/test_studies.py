@@ -417,6 +417,8 @@ def test_a_tiny_deepnet2022_study_end_to_end(tmp_path):
         "deepnet2022", "quick", tmp_path / "s", TINY_GPT, workers=1, progress=False, echo=lines.append
     )
     assert lines[0].startswith("study deepnet2022") and any(line.startswith("  recipe:") for line in lines)
+    recipe = next(line for line in lines if line.startswith("  recipe:"))
+    assert "init xavier" in recipe and "init" in recipe.split("differ in")[1]  # DeepNorm's run: deepnet
     out = tmp_path / "s"
     for name in (
         "study.json",
