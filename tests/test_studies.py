@@ -473,6 +473,14 @@ def test_study_cli_errors_are_one_line_exit_2(capsys, tmp_path, argv, words):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(("argv", "missing"), [(["study"], "NAME"), (["train"], "MODEL")])
+def test_a_missing_name_is_the_only_thing_reported_missing(capsys, argv, missing):
+    """KEY=VALUE settings are optional: the usage error names only the missing NAME / MODEL."""
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(f"the following arguments are required: {missing}"), last
+
+
 def test_study_cli_refuses_a_non_empty_out(capsys, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
