@@ -397,6 +397,7 @@ def _train_config(args: argparse.Namespace, out: Path | None):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from resnorm.lab import report, summary
+    from resnorm.lab.config import recipe_summary
     from resnorm.lab.trainer import Trainer
 
     if args.resume and not args.out:
@@ -430,7 +431,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     row = summary.summarize(report.load_run(out))
     study = config.family.study  # a family's own columns (hf: step time and peak memory)
     print(summary.format_summary_table([row], notes=True, columns=study.columns if study else None))
-    print(f"\nstatus: {result.status} after {result.steps} steps; run folder: {out}\nreport: {html}")
+    print(f"\nrecipe: {recipe_summary(config)}")  # the defaults a run used are no secret
+    print(f"status: {result.status} after {result.steps} steps; run folder: {out}\nreport: {html}")
     return EXIT_OK
 
 
