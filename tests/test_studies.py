@@ -495,3 +495,6 @@ def test_study_help_lists_every_study(capsys):
     assert main(["study", "--help"]) == 0
     text = capsys.readouterr().out
     assert all(name in text for name in names()) and "--full" in text
+    flat = " ".join(text.split()).replace("- ", "-")  # the help wraps lines (and hyphenated words)
+    for name in names():  # each study with the claim it tests
+        assert " ".join(get(name).claim.split()).replace("- ", "-") in flat, name
