@@ -189,6 +189,8 @@ def test_train_writes_plots_and_report_and_never_overwrites(capsys, tmp_path):
     assert {"config.yaml", "metrics.jsonl", "report.html", "loss.png", "grad_norm.png", "act_rms.png"} <= {
         p.name for p in out.iterdir()}
     assert "report:" in stdout
+    # the recipe the run used (the family's defaults under the file and KEY=VALUE) is printed with it
+    assert "recipe: Adam lr 0.001" in stdout and "6 steps" in stdout and "width 16" in stdout
     before = (out / "metrics.jsonl").read_bytes()
     code, _, err = run_cli(capsys, argv)
     assert_one_line_error(code, err, str(out))

@@ -166,6 +166,24 @@ def test_the_recipe_is_printed_before_the_study_and_saved(tmp_path):
     assert all(item.config.augment for item in cifar)  # crop; flips only on mirror-symmetric data
 
 
+def test_the_printed_recipe_names_the_gpt_init_and_says_digits_are_not_flipped(tmp_path):
+    """The recipe line says what the runs get: the GPT's init (gpt2 unless init= is given) and, for image
+    data, whether horizontal flips are applied (never on digits, only on CIFAR-10)."""
+    from resnorm.lab.config import config_for, recipe_summary
+
+    gpt = compare.recipe_lines(compare.plan_study("gpt", steps=10, overrides={"init": "xavier"}), "gpt")
+    assert any("init xavier" in line for line in gpt)
+    assert "init gpt2" in recipe_summary(config_for("gpt"))
+    assert "init" not in recipe_summary(config_for("residual-mlp"))  # the MLP has no init setting
+    cifar = compare.recipe_lines(compare.plan_study("resnet-cifar", steps=10), "resnet-cifar")
+    line = next(line for line in cifar if "recipe:" in line)
+    assert "mnist5k" in line and "no flips" in line and "flip on" not in line
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    assert "horizontal flips on CIFAR-10" in recipe_summary(config_for("resnet-cifar", data=str(folder)))
+    assert "no augmentation" in recipe_summary(config_for("resnet-cifar", augment=False))
+
+
 @pytest.mark.parametrize(("key", "option"), [("model", "--model"), ("depth", "--depths"),
                                              ("placement", "--designs"), ("norm", "--designs"),
                                              ("steps", "--steps"), ("seed", "--seed"), ("data", "--data")])

@@ -36,7 +36,8 @@ def diverged_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("div") / "run"
     result = train(tiny_mlp(optimizer="sgd", lr=1e6, momentum=0.0, steps=40, probe_every=1), out,
                    progress=False)
-    assert result.status == "diverged"
+    assert result.status == "diverged" and result.verdict == "diverged"
+    assert json.loads((out / "result.json").read_text())["verdict"] == "diverged"
     return out
 
 

@@ -417,6 +417,8 @@ def test_a_tiny_deepnet2022_study_end_to_end(tmp_path):
         "deepnet2022", "quick", tmp_path / "s", TINY_GPT, workers=1, progress=False, echo=lines.append
     )
     assert lines[0].startswith("study deepnet2022") and any(line.startswith("  recipe:") for line in lines)
+    recipe = next(line for line in lines if line.startswith("  recipe:"))
+    assert "init xavier" in recipe and "init" in recipe.split("differ in")[1]  # DeepNorm's run: deepnet
     out = tmp_path / "s"
     for name in (
         "study.json",
@@ -471,6 +473,14 @@ def test_study_cli_errors_are_one_line_exit_2(capsys, tmp_path, argv, words):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(("argv", "missing"), [(["study"], "NAME"), (["train"], "MODEL")])
+def test_a_missing_name_is_the_only_thing_reported_missing(capsys, argv, missing):
+    """KEY=VALUE settings are optional: the usage error names only the missing NAME / MODEL."""
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(f"the following arguments are required: {missing}"), last
+
+
 def test_study_cli_refuses_a_non_empty_out(capsys, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
@@ -485,3 +495,6 @@ def test_study_help_lists_every_study(capsys):
     assert main(["study", "--help"]) == 0
     text = capsys.readouterr().out
     assert all(name in text for name in names()) and "--full" in text
+    flat = " ".join(text.split()).replace("- ", "-")  # the help wraps lines (and hyphenated words)
+    for name in names():  # each study with the claim it tests
+        assert " ".join(get(name).claim.split()).replace("- ", "-") in flat, name

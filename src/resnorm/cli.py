@@ -185,7 +185,7 @@ def _add_study(sub) -> None:
         "recipe; the keys a\nstudy sets per run (e.g. placement, lr, seed) are an error.",
     )
     p.add_argument("name", metavar="NAME", help="the study: " + ", ".join(studies.names()))
-    p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+    p.add_argument("settings", nargs="*", default=[], metavar="KEY=VALUE",  # default: not "required"
                    help="study settings or training-config overrides")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--quick", dest="budget", action="store_const", const="quick",
@@ -232,7 +232,7 @@ def _add_train(sub) -> None:
         + "\n\nmay change on --resume: " + ", ".join(MUTABLE_ON_RESUME),
     )
     p.add_argument("model", metavar="MODEL", help=f"one of {', '.join(registry.names())}")
-    p.add_argument("settings", nargs="*", metavar="[MODEL_TYPE] [CONFIG.yaml] KEY=VALUE",
+    p.add_argument("settings", nargs="*", default=[], metavar="[MODEL_TYPE] [CONFIG.yaml] KEY=VALUE",
                    help="a model with types (hf) takes its MODEL_TYPE first; then a YAML config file and/or "
                    "key=value overrides")
     p.add_argument("--out", help="run folder (default runs/<model>[-<type>]-<time>)")
@@ -397,6 +397,7 @@ def _train_config(args: argparse.Namespace, out: Path | None):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from resnorm.lab import report, summary
+    from resnorm.lab.config import recipe_summary
     from resnorm.lab.trainer import Trainer
 
     if args.resume and not args.out:
@@ -430,7 +431,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     row = summary.summarize(report.load_run(out))
     study = config.family.study  # a family's own columns (hf: step time and peak memory)
     print(summary.format_summary_table([row], notes=True, columns=study.columns if study else None))
-    print(f"\nstatus: {result.status} after {result.steps} steps; run folder: {out}\nreport: {html}")
+    print(f"\nrecipe: {recipe_summary(config)}")  # the defaults a run used are no secret
+    print(f"status: {result.status} after {result.steps} steps; run folder: {out}\nreport: {html}")
     return EXIT_OK
 
 

@@ -465,6 +465,18 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
     atomic_write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), path)
 
 
+def _augmentation(config: TrainConfig) -> str:
+    """What augmentation the image data gets: the 4-px crop always, horizontal flips only on CIFAR-10
+    (mirror-symmetric); digits (the bundled sets, an MNIST/Fashion-MNIST IDX folder) are never flipped."""
+    if not config.augment:
+        return "no augmentation"
+    from resnorm.data import EMBEDDED_IMAGE_DATASETS, is_idx_folder, resolve_path
+
+    if config.data in EMBEDDED_IMAGE_DATASETS or is_idx_folder(resolve_path(config.data, config.data_root)):
+        return "augment: 4-px crop, no flips (digits)"
+    return "augment: 4-px crop (+ horizontal flips on CIFAR-10)"
+
+
 def recipe_summary(config: TrainConfig) -> str:
     """The training recipe of ``config`` in one line (what a study prints before it starts)."""
     c = config
@@ -481,12 +493,14 @@ def recipe_summary(config: TrainConfig) -> str:
     family = registry.get(c.model)
     if family.task == "text":
         parts.append(f"d_model {c.d_model}, {c.n_head} heads, block {c.block_size}, dropout {c.dropout:g}")
+    if c.model in OPTION_MODELS["init"]:
+        parts.append(f"init {c.init}")
     if c.model_type is not None:
         parts.append(f"model_type {c.model_type}")
     elif family.layout == "flat":
         parts.append(f"width {c.width}")
     if family.task == "image":
-        parts.append("augment: crop (+ flip on CIFAR-10)" if c.augment else "no augmentation")
+        parts.append(_augmentation(c))
     parts.append(f"data {c.data}, seed {c.seed}")
     return "; ".join(parts)
 

@@ -114,7 +114,7 @@ def header_lines(
         if len(recipes) == 1:
             lines.append(f"  recipe: {recipes[0]}")
         else:
-            lines.append(f"  recipe (first run; the runs differ in {_differing(plan)}): {recipes[0]}")
+            lines.append(f"  recipe: {recipes[0]} (the first run's; the runs differ in {_differing(plan)})")
     return lines
 
 
