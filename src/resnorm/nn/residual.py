@@ -291,9 +291,8 @@ class StreamBlock(nn.Module):
         if placement == "rezero":
             self.gate = nn.Parameter(torch.zeros(1))
         if placement == "layerscale":
-            if not isinstance(layerscale_init, numbers.Real) or isinstance(layerscale_init, bool):
-                raise TypeError(f"layerscale_init must be a float; got {type(layerscale_init).__name__}")
-            self.scale = nn.Parameter(torch.full((dim,), float(layerscale_init)))
+            layerscale_init = _checks.check_float("layerscale_init", layerscale_init)
+            self.scale = nn.Parameter(torch.full((dim,), layerscale_init))
         self.norm_scale = 1.0
         if placement == "lnscale":
             if layer is None:
