@@ -432,3 +432,14 @@ def test_gpt_bias_switch_covers_the_layernorms_too():
     with_bias = biases(True)
     # per layer: 2 norms + qkv + out + fc + proj; plus the final norm
     assert len(with_bias) == 2 * 6 + 1 and "final_norm.bias" in with_bias
+
+
+@pytest.mark.parametrize("placement", ["pre", "mixln", "hyper", "mhc"])
+def test_residual_mlp_checks_every_design_option_by_name(placement):
+    """A bad placement option is an error naming it whatever the placement (as GPTConfig does), never a
+    value silently ignored because another placement would have used it."""
+    bad = [("mixln_rho", 2.0, ValueError), ("mixln_rho", float("nan"), ValueError),
+           ("sinkhorn_iters", 0, ValueError), ("streams", 0, ValueError), ("hyper_dynamic", "no", TypeError)]
+    for name, value, error in bad:
+        with pytest.raises(error, match=name):
+            residual_mlp(4, 8, 5, 3, placement=placement, **{name: value})
