@@ -785,3 +785,16 @@ def test_plain_norm_writes_no_residual_copy_and_float64_is_refused():
     assert ro_bf16.dtype == BF16 and torch.equal(ro_bf16, x.detach().to(BF16))
     with pytest.raises(TypeError, match="float64"):
         kernel_add_norm(x.double(), None, w, None, residual_dtype=torch.float64, **kw)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the auto backend picks the kernels on CUDA only")
+def test_auto_backend_keeps_a_float64_parameter_on_the_pytorch_path(monkeypatch):
+    """docs/kernels.md: the auto backend keeps float64 x, residual, weight or bias on the PyTorch path
+    (the kernels refuse them); an fp32 x with a float64 weight must not raise."""
+    monkeypatch.setenv("RESNORM_BACKEND", "auto")
+    x = torch.randn(4, 32, device="cuda")
+    for weight, residual in ((torch.randn(32, device="cuda", dtype=torch.float64), None),
+                             (None, torch.randn(4, 32, device="cuda", dtype=torch.float64))):
+        y = add_norm(x, residual, weight, kind="rms")
+        with use_backend("torch"):
+            torch.testing.assert_close(y, add_norm(x, residual, weight, kind="rms"))
