@@ -432,3 +432,34 @@ def test_gpt_bias_switch_covers_the_layernorms_too():
     with_bias = biases(True)
     # per layer: 2 norms + qkv + out + fc + proj; plus the final norm
     assert len(with_bias) == 2 * 6 + 1 and "final_norm.bias" in with_bias
+
+
+@pytest.mark.parametrize("placement", ["pre", "mixln", "hyper", "mhc"])
+def test_residual_mlp_checks_every_design_option_by_name(placement):
+    """A bad placement option is an error naming it whatever the placement (as GPTConfig does), never a
+    value silently ignored because another placement would have used it."""
+    bad = [("mixln_rho", 2.0, ValueError), ("mixln_rho", float("nan"), ValueError),
+           ("sinkhorn_iters", 0, ValueError), ("streams", 0, ValueError), ("hyper_dynamic", "no", TypeError)]
+    for name, value, error in bad:
+        with pytest.raises(error, match=name):
+            residual_mlp(4, 8, 5, 3, placement=placement, **{name: value})
+
+
+@pytest.mark.parametrize("placement", ["hyper", "mhc"])
+def test_every_gpt_module_with_residual_mixing_returns_n_by_n_matrices(placement):
+    """``residual_mixing()`` means one thing wherever a module has it: the current mixing matrices
+    ``(..., n, n)`` (a GPT layer, which holds two blocks, lists them with ``mixing_matrices()``)."""
+    n = 3
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, d_model=16, placement=placement,
+                          streams=n))
+    model(torch.randint(0, 11, (2, 8)))
+    found = [m for m in model.modules() if hasattr(m, "residual_mixing")]
+    assert len(found) == 2 * 2 * 2  # per layer: two StreamBlocks and their two connections
+    for module in found:
+        mixing = module.residual_mixing()
+        assert isinstance(mixing, torch.Tensor) and mixing.shape[-2:] == (n, n)
+        if placement == "mhc":  # doubly stochastic
+            assert (mixing >= 0).all()
+            torch.testing.assert_close(mixing.sum(-1), torch.ones(mixing.shape[:-1]), atol=1e-3, rtol=0)
+            torch.testing.assert_close(mixing.sum(-2), torch.ones(mixing.shape[:-1]), atol=1e-3, rtol=0)
+    assert [len(block.mixing_matrices()) for block in model.blocks] == [2, 2]

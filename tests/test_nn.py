@@ -376,6 +376,21 @@ def test_scalenorm_formula_and_gradients():
     assert torch.isfinite(m(zero)).all()
 
 
+def test_dyt_and_scalenorm_reject_bad_arguments_by_name():
+    """eps of ScaleNorm is a finite number > 0 (as every other norm's), DyT's alpha_init a finite float:
+    anything else is a clear error at construction, not NaNs at the first forward."""
+    for bad in (0.0, -1e-5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="eps"):
+            ScaleNorm(5, eps=bad)
+    with pytest.raises(TypeError, match="eps"):
+        ScaleNorm(5, eps="1e-5")
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="alpha_init"):
+            DyT(5, alpha_init=bad)
+    with pytest.raises(TypeError, match="alpha_init"):
+        DyT(5, alpha_init="0.5")
+
+
 # ----------------------------------------------------------------------------------------------
 # make_norm: every name, every layout
 

@@ -290,3 +290,6 @@ def test_validation_errors():
         Residual(lambda x: x, 4, "pre")
     with pytest.raises(TypeError, match="layerscale_init"):
         Residual(nn.Identity(), 4, "layerscale", layerscale_init="small")
+    for bad in (float("nan"), float("inf")):  # a NaN lambda would silently poison the stream
+        with pytest.raises(ValueError, match="layerscale_init"):
+            Residual(nn.Identity(), 4, "layerscale", layerscale_init=bad)

@@ -74,13 +74,17 @@ def use_backend(name: str) -> Iterator[None]:
         _backend_override = previous
 
 
-def _use_triton(x: torch.Tensor) -> bool:
+def _use_triton(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether this call runs the kernels; ``others``: residual, weight, bias (auto keeps a call with any
+    float64 tensor among them on the PyTorch path, as it does a float64 ``x``)."""
     backend = get_backend()
     if backend == "torch":
         return False
     if backend == "triton":
         return True
     if not x.is_cuda or x.dtype not in _KERNEL_DTYPES:  # float64 stays on the PyTorch path
+        return False
+    if any(t is not None and t.dtype not in _KERNEL_DTYPES for t in others):
         return False
     from resnorm import kernels  # imported lazily: CPU users never pay for Triton
 
@@ -357,7 +361,7 @@ def add_norm(
     if out_dtype is None:
         out_dtype = x.dtype
     impl = add_norm_reference
-    if _use_triton(x):
+    if _use_triton(x, residual, weight, bias):
         from resnorm.kernels import add_norm as impl  # noqa: F811 - same signature, fused kernels
     y, residual_out = impl(
         x,

@@ -58,13 +58,15 @@ def forward_variant(m: int, n: int, dtype: torch.dtype, kind: str, device: torch
 def backward_variant(m: int, n: int, dtype: torch.dtype, kind: str, device: torch.device) -> Variant:
     cfg = launch.backward_config(m, n, device)
     p, f32 = _ptr(dtype), "*fp32"
-    sig = {"DY": p, "DRO": p, "RO": p, "X": p, "W": p, "RS": f32, "Mean": f32, "Rstd": f32, "Shift": f32,
+    sig = {"DY": p, "DRO": p, "RO": p, "X": p, "R": p, "W": p, "RS": f32, "Mean": f32, "Rstd": f32, "Shift": f32,
            "C1": f32, "C2": f32, "Seed": "*i64", "DX": p, "DR": p, "DW_part": f32, "DB_part": f32, "DRS_part": f32,
-           "stride_dy": "i32", "stride_dro": "i32", "stride_ro": "i32", "stride_x": "i32", "stride_w": "constexpr",
-           "stride_rs": "constexpr", "stride_dx": "i32", "stride_dr": "i32",
+           "stride_dy": "i32", "stride_dro": "i32", "stride_ro": "i32", "stride_x": "i32", "stride_r": "i32",
+           "stride_w": "constexpr", "stride_rs": "constexpr", "stride_dx": "i32", "stride_dr": "i32",
            "M": "i32", "N": "i32", "eps": "fp32", "dropout_p": "fp32", "dropout_scale": "fp32",
            "weight_offset": "fp32"}
-    const = dict(stride_w=1, stride_rs=1, IS_RMS=kind == "rms", HAS_DRO=True, HAS_WEIGHT=True, HAS_ROWSCALE=False,
+    # fp16: the stored sum may overflow; the backward then reads x and residual on the flagged rows
+    const = dict(stride_w=1, stride_rs=1, CHECK_OVERFLOW=dtype == torch.float16, HAS_RESIDUAL=True,
+                 IS_RMS=kind == "rms", HAS_DRO=True, HAS_WEIGHT=True, HAS_ROWSCALE=False,
                  HAS_WEIGHT_OFFSET=False, HAS_DROPOUT=False, STORE_DR=False, COMPUTE_DW=True, COMPUTE_DB=kind == "layer",
                  COMPUTE_DRS=False, RECOMPUTE_STATS=dtype != torch.float32, LLAMA_CAST=False,
                  BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block, SOFT_BF16=False)
@@ -77,10 +79,12 @@ def backward_variant(m: int, n: int, dtype: torch.dtype, kind: str, device: torc
 def row_terms_variant(n: int, dtype: torch.dtype, kind: str) -> Variant:
     p, f32 = _ptr(dtype), "*fp32"
     sig = {"DY": p, "RO": p, "W": p, "Mean": f32, "Rstd": f32, "ShiftOut": f32, "MeanOut": f32, "RstdOut": f32,
-           "C1": f32, "C2": f32, "stride_dy": "i32", "stride_ro": "i32", "stride_w": "constexpr", "M": "i32",
-           "N": "i32", "eps": "fp32", "weight_offset": "fp32"}
-    const = dict(stride_w=1, IS_RMS=kind == "rms", HAS_WEIGHT=True, HAS_WEIGHT_OFFSET=True, RECOMPUTE_STATS=True,
-                 BLOCK_N=launch.TUNING.wide_bwd_block_n)
+           "C1": f32, "C2": f32, "X": p, "R": p, "RS": f32, "Seed": "*i64", "stride_dy": "i32", "stride_ro": "i32",
+           "stride_w": "constexpr", "stride_x": "i32", "stride_r": "i32", "stride_rs": "constexpr", "M": "i32",
+           "N": "i32", "eps": "fp32", "weight_offset": "fp32", "dropout_p": "fp32", "dropout_scale": "fp32"}
+    const = dict(stride_w=1, stride_rs=1, IS_RMS=kind == "rms", HAS_WEIGHT=True, HAS_WEIGHT_OFFSET=True,
+                 RECOMPUTE_STATS=True, CHECK_OVERFLOW=dtype == torch.float16, HAS_RESIDUAL=True,
+                 HAS_ROWSCALE=False, HAS_DROPOUT=False, BLOCK_N=launch.TUNING.wide_bwd_block_n)
     sig.update({k: "constexpr" for k in const})
     return Variant(f"bwd row terms {kind} n={n}", triton_kernels.add_norm_bwd_row_terms_kernel, sig, const, 8)
 
@@ -113,7 +117,8 @@ def with_rowscale_and_llama(v: Variant) -> Variant:
 def variants(shapes, kinds=("rms", "layer"), dtype=torch.bfloat16, sm_count: int = 132,
              extras: bool = True) -> Iterator[Variant]:
     """The benchmark's launch configurations (assuming ``sm_count`` SMs), plus dropout, the wide-row
-    statistics kernel and the partial-sum kernel when ``extras``."""
+    statistics kernel, the fp16 backward (overflowed rows recomputed) and the partial-sum kernel when
+    ``extras``."""
     device = torch.device("cuda", 0)
     original = launch._programs_budget
     launch._programs_budget = lambda _device: sm_count  # no GPU here: assume an H100's 132 SMs
@@ -130,6 +135,11 @@ def variants(shapes, kinds=("rms", "layer"), dtype=torch.bfloat16, sm_count: int
             yield with_rowscale_and_llama(backward_variant(m, n, dtype, "rms", device))
             yield row_terms_variant(65536, dtype, "layer")
             yield row_terms_variant(65536, dtype, "rms")
+            if dtype != torch.float16:  # an fp16 stream: the backward's overflow recompute is compiled in
+                v = backward_variant(m, n, torch.float16, "layer", device)
+                yield Variant(v.name.replace(" ", " fp16 ", 1), v.kernel, v.signature, v.constexprs, v.num_warps)
+                v = row_terms_variant(65536, torch.float16, "layer")
+                yield Variant(v.name + " fp16", v.kernel, v.signature, v.constexprs, v.num_warps)
             yield sum_partials_variant(dtype)
     finally:
         launch._programs_budget = original

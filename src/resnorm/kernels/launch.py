@@ -312,7 +312,7 @@ def forward(
         HAS_BIAS=bias is not None, HAS_ROWSCALE=rowscale is not None,
         HAS_WEIGHT_OFFSET=has_weight_offset(weight, weight_offset),
         HAS_DROPOUT=has_dropout, STORE_RESIDUAL=store_residual,
-        CHECK_OVERFLOW=store_residual and residual_dtype == torch.float16,  # bf16 has fp32's range
+        CHECK_OVERFLOW=checks_overflow(x, residual, residual_dtype, dropout_p, rowscale is not None),
         LLAMA_CAST=llama_cast(casting_mode, residual_dtype),
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, SINGLE_BLOCK=cfg.single_block,
         SOFT_BF16=x.device.type != "cuda", num_warps=cfg.num_warps,
@@ -320,6 +320,15 @@ def forward(
         **({"enable_fp_fusion": False} if rowscale is not None else {}),
     )
     return y, residual_out, mean, rstd
+
+
+def checks_overflow(x: torch.Tensor, residual: torch.Tensor | None, residual_dtype: torch.dtype,
+                    dropout_p: float, has_rowscale: bool) -> bool:
+    """True when residual_out is stored in fp16 (bf16 has fp32's range): the forward flags rows whose
+    stored sum overflowed and the backward recomputes their fp32 sum from ``x`` and ``residual``, which
+    the autograd then keeps for it."""
+    return residual_dtype == torch.float16 and stores_residual(x, residual, residual_dtype, dropout_p,
+                                                               has_rowscale)
 
 
 def has_weight_offset(weight: torch.Tensor | None, weight_offset: float) -> bool:
@@ -364,6 +373,7 @@ def backward(
     mean: torch.Tensor,
     rstd: torch.Tensor,
     seed: torch.Tensor | None,
+    residual: torch.Tensor | None = None,
     *,
     kind: str,
     eps: float,
@@ -375,6 +385,7 @@ def backward(
     rowscale_grad_dtype: torch.dtype | None = None,
     casting_mode: str = "fp32",
     weight_offset: float = 0.0,
+    check_overflow: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Returns ``(dx, d_residual, d_weight, d_bias, d_rowscale)``.
 
@@ -383,6 +394,8 @@ def backward(
     (``residual_grad_dtype is None``). ``d_weight`` / ``d_bias`` / ``d_rowscale`` are None when not
     asked for; ``d_rowscale`` (``rowscale_grad_dtype`` given) needs ``x``, the forward's input.
     ``weight_offset`` enters ``w = weight + weight_offset`` only (``d_weight`` does not depend on it).
+    ``check_overflow`` (``checks_overflow`` was true in the forward): ``x`` and ``residual`` are the
+    forward's inputs, read for the rows whose fp16 sum overflowed.
     """
     n = residual_out.shape[-1]
     lead = residual_out.shape[:-1]
@@ -405,7 +418,9 @@ def backward(
     dy2 = rows_view(dy)
     ro2 = rows_view(residual_out)
     dro2 = rows_view(d_residual_out) if d_residual_out is not None else dy2
-    x2 = rows_view(x) if compute_drs else ro2
+    x2 = rows_view(x) if compute_drs or check_overflow else ro2
+    r2 = rows_view(residual) if check_overflow and residual is not None else x2
+    overflow = dict(CHECK_OVERFLOW=check_overflow, HAS_RESIDUAL=check_overflow and residual is not None)
     w1, stride_w = vector_view(weight, n)
     rs1, stride_rs = vector_view(rowscale, m)
     dx2 = dx.view(m, n)
@@ -423,9 +438,12 @@ def backward(
         shift, c1, c2, mean_bwd, rstd_bwd = torch.empty((5, m), dtype=torch.float32, device=device).unbind(0)
         kernels.add_norm_bwd_row_terms_kernel[(m,)](
             dy2, ro2, w1 if w1 is not None else ro2, mean_arg, rstd, shift, mean_bwd, rstd_bwd, c1, c2,
-            dy2.stride(0), ro2.stride(0), stride_w, m, n, float(eps), float(weight_offset),
+            x2, r2, rs1 if rs1 is not None else rstd, seed if has_dropout else rstd,
+            dy2.stride(0), ro2.stride(0), stride_w, x2.stride(0), r2.stride(0), stride_rs,
+            m, n, float(eps), float(weight_offset), float(dropout_p), 1.0 / (1.0 - dropout_p),
             IS_RMS=is_rms, HAS_WEIGHT=weight is not None, HAS_WEIGHT_OFFSET=offset_on,
-            RECOMPUTE_STATS=recompute_stats, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            RECOMPUTE_STATS=recompute_stats, HAS_ROWSCALE=has_rowscale, HAS_DROPOUT=has_dropout,
+            BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **overflow,
         )
         mean_arg, rstd = mean_bwd, rstd_bwd
     compute_dw = weight_grad
@@ -434,11 +452,11 @@ def backward(
     db_part = torch.empty((cfg.groups, n), dtype=torch.float32, device=device) if compute_db else rstd
     drs_part = torch.empty((cfg.col_blocks, m), dtype=torch.float32, device=device) if compute_drs else rstd
     kernels.add_norm_bwd_kernel[(cfg.groups, cfg.col_blocks)](
-        dy2, dro2, ro2, x2, w1 if w1 is not None else ro2, rs1 if rs1 is not None else rstd,
+        dy2, dro2, ro2, x2, r2, w1 if w1 is not None else ro2, rs1 if rs1 is not None else rstd,
         mean_arg, rstd, shift, c1, c2, seed if has_dropout else rstd, dx2, dr2, dw_part, db_part, drs_part,
-        dy2.stride(0), dro2.stride(0), ro2.stride(0), x2.stride(0), stride_w, stride_rs, dx2.stride(0),
-        dr2.stride(0),
-        m, n, float(eps), float(dropout_p), 1.0 / (1.0 - dropout_p), float(weight_offset),
+        dy2.stride(0), dro2.stride(0), ro2.stride(0), x2.stride(0), r2.stride(0), stride_w, stride_rs,
+        dx2.stride(0), dr2.stride(0),
+        m, n, float(eps), float(dropout_p), 1.0 / (1.0 - dropout_p), float(weight_offset), **overflow,
         IS_RMS=is_rms, HAS_DRO=d_residual_out is not None, HAS_WEIGHT=weight is not None,
         HAS_ROWSCALE=has_rowscale, HAS_WEIGHT_OFFSET=offset_on, HAS_DROPOUT=has_dropout,
         STORE_DR=store_dr, COMPUTE_DW=compute_dw, COMPUTE_DB=compute_db, COMPUTE_DRS=compute_drs,

@@ -2,10 +2,12 @@
 
 ``resnorm::add_norm_fwd`` returns ``(y, residual_out, mean, rstd)``; its autograd saves only
 ``residual_out``, the fp32 per-row ``mean``/``rstd``, the weight, the rowscale and the dropout seed
-(never ``y``; ``x`` only when the rowscale needs a gradient) and calls ``resnorm::add_norm_bwd``. Both ops are opaque to torch.compile: Dynamo and Inductor see
-their fake implementations (shapes and dtypes only, symbolic in the leading dimensions), so a model
-using them compiles with ``fullgraph=True`` and no recompiles across batch sizes; every scalar
-reaches the kernels as a Python float (fp32 in Triton), never as an Inductor-specialised fp64.
+(never ``y``; ``x`` only when the rowscale needs a gradient or, with ``residual``, when
+``residual_out`` is fp16: rows whose sum overflowed it are recomputed from them) and calls
+``resnorm::add_norm_bwd``. Both ops are opaque to torch.compile: Dynamo and Inductor see their fake
+implementations (shapes and dtypes only, symbolic in the leading dimensions), so a model using them
+compiles with ``fullgraph=True`` and no recompiles across batch sizes; every scalar reaches the
+kernels as a Python float (fp32 in Triton), never as an Inductor-specialised fp64.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ def add_norm_bwd(
     mean: Tensor,
     rstd: Tensor,
     seed: Tensor | None,
+    residual: Tensor | None,
+    check_overflow: bool,
     kind: str,
     eps: float,
     weight_offset: float,
@@ -80,17 +84,18 @@ def add_norm_bwd(
     """Fused backward: ``(dx, d_residual, d_weight, d_bias, d_rowscale)``; a gradient that is not
     computed comes back as an empty tensor (``d_residual`` too when it equals ``dx``)."""
     dx, dr, dw, db, drs = launch.backward(
-        dy, d_residual_out, residual_out, x, weight, rowscale, mean, rstd, seed, kind=kind, eps=eps,
+        dy, d_residual_out, residual_out, x, weight, rowscale, mean, rstd, seed, residual, kind=kind, eps=eps,
         weight_offset=weight_offset, dropout_p=dropout_p, x_dtype=x_dtype,
         residual_grad_dtype=residual_grad_dtype, weight_grad=weight_grad, bias_grad_dtype=bias_grad_dtype,
-        rowscale_grad_dtype=rowscale_grad_dtype, casting_mode=casting_mode)
+        rowscale_grad_dtype=rowscale_grad_dtype, casting_mode=casting_mode, check_overflow=check_overflow)
     empty = dy.new_empty((0,), dtype=x_dtype)
     return (dx, dr if dr is not None else empty, dw if dw is not None else empty.clone(),
             db if db is not None else empty.clone(), drs if drs is not None else empty.clone())
 
 
 @add_norm_bwd.register_fake
-def _add_norm_bwd_fake(dy, d_residual_out, residual_out, x, weight, rowscale, mean, rstd, seed, kind, eps,
+def _add_norm_bwd_fake(dy, d_residual_out, residual_out, x, weight, rowscale, mean, rstd, seed, residual,
+                       check_overflow, kind, eps,
                        weight_offset, dropout_p, casting_mode, x_dtype, residual_grad_dtype, weight_grad,
                        bias_grad_dtype, rowscale_grad_dtype):
     n = residual_out.shape[-1]
@@ -117,8 +122,11 @@ def _setup_context(ctx, inputs, output) -> None:
     if not launch.stores_residual(x, residual, residual_dtype, dropout_p, rowscale is not None):
         residual_out = x  # s = x: saved instead of a copy
     rowscale_grad = rowscale is not None and ctx.needs_input_grad[4]
-    # x is needed only for d_rowscale = sum_j ds_j * dropout(x)_j (residual_out cannot give it back)
-    ctx.save_for_backward(residual_out, x if rowscale_grad else None, weight, rowscale, mean, rstd, seed)
+    # x is needed for d_rowscale = sum_j ds_j * dropout(x)_j (residual_out cannot give it back) and, with
+    # residual, for the rows whose fp16 residual_out overflowed (their fp32 sum is recomputed)
+    ctx.check_overflow = launch.checks_overflow(x, residual, residual_dtype, dropout_p, rowscale is not None)
+    ctx.save_for_backward(residual_out, x if rowscale_grad or ctx.check_overflow else None, weight, rowscale,
+                          mean, rstd, seed, residual if ctx.check_overflow else None)
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros to read
     ctx.kind = kind
     ctx.eps = eps
@@ -133,7 +141,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, dy, d_residual_out, _d_mean, _d_rstd):
-    residual_out, x, weight, rowscale, mean, rstd, seed = ctx.saved_tensors
+    residual_out, x, weight, rowscale, mean, rstd, seed, residual = ctx.saved_tensors
     needs = ctx.needs_input_grad
     if d_residual_out is not None and d_residual_out.numel() == 0:  # the unstored residual_out
         d_residual_out = None
@@ -144,7 +152,8 @@ def _backward(ctx, dy, d_residual_out, _d_mean, _d_rstd):
     residual_grad_dtype = ctx.residual_grad_dtype if needs[1] else None
     rowscale_grad_dtype = ctx.rowscale_grad_dtype if needs[4] else None
     dx, dr, dw, db, drs = torch.ops.resnorm.add_norm_bwd(
-        dy, d_residual_out, residual_out, x, weight, rowscale, mean, rstd, seed, ctx.kind, ctx.eps,
+        dy, d_residual_out, residual_out, x, weight, rowscale, mean, rstd, seed, residual, ctx.check_overflow,
+        ctx.kind, ctx.eps,
         ctx.weight_offset, ctx.dropout_p, ctx.casting_mode, ctx.x_dtype, residual_grad_dtype, weight_grad,
         bias_grad_dtype, rowscale_grad_dtype)
     d_residual = None

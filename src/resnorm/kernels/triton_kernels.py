@@ -34,7 +34,6 @@ import triton.language as tl
 # imported and cannot run inside the interpreted copy. tl.reduce with the library's sum combiner is
 # a builtin (and the interpreter's numpy fast path).
 _sum_combine = tl.standard._sum_combine
-_NAN = tl.constexpr(float("nan"))
 
 
 @triton.jit
@@ -90,6 +89,17 @@ def _load_sum(X, R, seed, rs, rows64, cols, mask, stride_x, stride_r, N, dropout
 
 
 @triton.jit
+def _overflowed_sum(s, flag, X, R, seed, rs, rows64, cols, mask, stride_x, stride_r, N, dropout_p, dropout_scale,
+                    HAS_RESIDUAL: tl.constexpr, HAS_ROWSCALE: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+    """The backward's s on a (rows, cols) tile: the stored ``s`` (fp16 residual_out, as fp32) except on
+    the rows ``flag``ged by the forward (their stored sum overflowed fp16), whose fp32 sum is recomputed
+    from the inputs; the loads are masked to those rows, so unflagged rows cost no extra traffic."""
+    s_in = _load_sum(X, R, seed, rs, rows64, cols, mask & flag[:, None], stride_x, stride_r, N, dropout_p,
+                     dropout_scale, HAS_RESIDUAL, HAS_ROWSCALE, HAS_DROPOUT)
+    return tl.where(flag[:, None], s_in, s)
+
+
+@triton.jit
 def _load_weight(W, cols, col_mask, stride_w, weight_offset, HAS_WEIGHT_OFFSET: tl.constexpr):
     """w = weight + weight_offset in fp32 (weight of any element stride, 0 included); without
     HAS_WEIGHT_OFFSET the offset (0) is not added at all."""
@@ -139,9 +149,9 @@ def add_norm_fwd_kernel(
     ``Mean`` stores ``mean(d)`` and ``xc = d - mean(d)``. A constant row gives ``xc = 0`` exactly
     (y = bias, as torch.nn), and a row with a large mean loses nothing to the rounding of its mean.
 
-    CHECK_OVERFLOW (residual_out stored in fp16): a row whose stored sum overflows fp16 gets
-    rstd = NaN, so y and, in the backward (which reads the stored sum), every gradient of the row are
-    NaN together, instead of a finite y and NaN gradients.
+    CHECK_OVERFLOW (residual_out stored in fp16): y is computed from the fp32 sum as always (finite);
+    a row whose stored sum overflows fp16 is flagged for the backward by storing ``-rstd``: the
+    backward then recomputes that row's sum from the inputs instead of reading the stored inf.
 
     Wide rows (not SINGLE_BLOCK, BLOCK_M == 1): two passes over column blocks; the first writes
     residual_out and accumulates the statistics (per-lane Welford on the shifted row, merged with
@@ -178,9 +188,10 @@ def add_norm_fwd_kernel(
             tl.store(Mean + rows64, mean, mask=row_mask)
             xc = tl.where(mask, d - mean[:, None], 0.0)
         rstd = tl.rsqrt(tl.reduce(xc * xc, 1, _sum_combine) / N + eps)
-        if CHECK_OVERFLOW:
-            rstd = tl.where(overflow > 0.0, _NAN, rstd)
-        tl.store(Rstd + rows64, rstd, mask=row_mask)
+        if CHECK_OVERFLOW:  # the row's flag for the backward: a negative rstd
+            tl.store(Rstd + rows64, tl.where(overflow > 0.0, -rstd, rstd), mask=row_mask)
+        else:
+            tl.store(Rstd + rows64, rstd, mask=row_mask)
         y = _affine(xc * rstd[:, None], W, B, cols, col_mask, stride_w, stride_b, weight_offset, HAS_WEIGHT,
                     HAS_BIAS, HAS_WEIGHT_OFFSET, LLAMA_CAST, RO.dtype.element_ty, SOFT_BF16)
         tl.store(Y + rows64[:, None] * stride_y + cols[None, :], _cast(y, Y.dtype.element_ty, SOFT_BF16), mask=mask)
@@ -234,9 +245,10 @@ def add_norm_fwd_kernel(
                 var = tl.reduce(acc_m2 + acc_n * dev * dev, 1, _sum_combine) / N
                 tl.store(Mean + rows64, mean, mask=row_mask)
             rstd = tl.rsqrt(var + eps)
-            if CHECK_OVERFLOW:
-                rstd = tl.where(overflow > 0.0, _NAN, rstd)
-            tl.store(Rstd + rows64, rstd, mask=row_mask)
+            if CHECK_OVERFLOW:  # the row's flag for the backward: a negative rstd
+                tl.store(Rstd + rows64, tl.where(overflow > 0.0, -rstd, rstd), mask=row_mask)
+            else:
+                tl.store(Rstd + rows64, rstd, mask=row_mask)
             for start in range(0, N, BLOCK_N):
                 cols = start + tl.arange(0, BLOCK_N)
                 col_mask = cols < N
@@ -255,11 +267,12 @@ def add_norm_fwd_kernel(
 
 @triton.jit
 def add_norm_bwd_row_terms_kernel(
-    DY, RO, W, Mean, Rstd, ShiftOut, MeanOut, RstdOut, C1, C2,
-    stride_dy, stride_ro, stride_w,
-    M, N, eps, weight_offset,
+    DY, RO, W, Mean, Rstd, ShiftOut, MeanOut, RstdOut, C1, C2, X, R, RS, Seed,
+    stride_dy, stride_ro, stride_w, stride_x, stride_r, stride_rs,
+    M, N, eps, weight_offset, dropout_p, dropout_scale,
     IS_RMS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_WEIGHT_OFFSET: tl.constexpr,
-    RECOMPUTE_STATS: tl.constexpr, BLOCK_N: tl.constexpr,
+    RECOMPUTE_STATS: tl.constexpr, CHECK_OVERFLOW: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    HAS_ROWSCALE: tl.constexpr, HAS_DROPOUT: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Wide rows only, one program per row looping over column blocks (fixed order: deterministic):
     the row terms c1 = mean(xhat * w * dy) and c2 = mean(w * dy), and the statistics the backward
@@ -268,14 +281,35 @@ def add_norm_bwd_row_terms_kernel(
     The sums are taken on e = (s - shift) - mean_fwd, the forward's centred row (small numbers, so
     they stay accurate; exactly 0 for a constant row). RECOMPUTE_STATS (residual_out stored below
     fp32): mean and rstd of the stored, rounded s, so that xhat is exactly centred and normalized
-    (the gradient at the point that was saved).
+    (the gradient at the point that was saved). CHECK_OVERFLOW: a row the forward flagged (negative
+    rstd: its fp16 sum overflowed) has its fp32 sum recomputed from the inputs, and keeps its flag in
+    RstdOut for the main kernel.
     """
     row = tl.program_id(0).to(tl.int64)
-    rstd = tl.load(Rstd + row)
+    rstd_in = tl.load(Rstd + row)
+    rstd = rstd_in
+    rows64 = row + tl.arange(0, 1)  # the row as a (1, BLOCK_N) tile for _overflowed_sum
+    seed = 0
+    rs = tl.full([1], 0.0, tl.float32)
+    flag = rows64 < 0
+    if CHECK_OVERFLOW:
+        flag = tl.load(Rstd + rows64) < 0.0
+        rstd = tl.abs(rstd_in)
+        if HAS_DROPOUT:
+            seed = tl.load(Seed)
+        if HAS_ROWSCALE:
+            rs = tl.load(RS + rows64 * stride_rs).to(tl.float32)
     shift = 0.0
     mean_fwd = 0.0
     if not IS_RMS:
         shift = tl.load(RO + row * stride_ro).to(tl.float32)
+        if CHECK_OVERFLOW:
+            first = tl.arange(0, BLOCK_N)
+            first_mask = (first < 1)[None, :]
+            s0 = tl.load(RO + row * stride_ro + first[None, :], mask=first_mask, other=0.0).to(tl.float32)
+            s0 = _overflowed_sum(s0, flag, X, R, seed, rs, rows64, first, first_mask, stride_x, stride_r, N,
+                                 dropout_p, dropout_scale, HAS_RESIDUAL, HAS_ROWSCALE, HAS_DROPOUT)
+            shift = tl.reduce(tl.reduce(tl.where(first_mask, s0, 0.0), 1, _sum_combine), 0, _sum_combine)
         mean_fwd = tl.load(Mean + row)
     acc_e = tl.full([BLOCK_N], 0.0, tl.float32)
     acc_ee = tl.full([BLOCK_N], 0.0, tl.float32)
@@ -286,6 +320,10 @@ def add_norm_bwd_row_terms_kernel(
         col_mask = cols < N
         dy = tl.load(DY + row * stride_dy + cols, mask=col_mask, other=0.0).to(tl.float32)
         s = tl.load(RO + row * stride_ro + cols, mask=col_mask, other=0.0).to(tl.float32)
+        if CHECK_OVERFLOW:
+            s2 = _overflowed_sum(s[None, :], flag, X, R, seed, rs, rows64, cols, col_mask[None, :], stride_x,
+                                 stride_r, N, dropout_p, dropout_scale, HAS_RESIDUAL, HAS_ROWSCALE, HAS_DROPOUT)
+            s = tl.reduce(s2, 0, _sum_combine)
         e = tl.where(col_mask, (s - shift) - mean_fwd, 0.0)
         wdy = dy
         if HAS_WEIGHT:
@@ -306,16 +344,20 @@ def add_norm_bwd_row_terms_kernel(
     if not IS_RMS:
         tl.store(ShiftOut + row, shift)
         tl.store(MeanOut + row, mean_fwd + correction)
-    tl.store(RstdOut + row, rstd)
+    if CHECK_OVERFLOW:
+        tl.store(RstdOut + row, tl.where(rstd_in < 0.0, -rstd, rstd))
+    else:
+        tl.store(RstdOut + row, rstd)
     tl.store(C1 + row, rstd * (sum_ewdy - correction * sum_wdy) / N)
     tl.store(C2 + row, sum_wdy / N)
 
 
 @triton.jit
 def add_norm_bwd_kernel(
-    DY, DRO, RO, X, W, RS, Mean, Rstd, Shift, C1, C2, Seed, DX, DR, DW_part, DB_part, DRS_part,
-    stride_dy, stride_dro, stride_ro, stride_x, stride_w, stride_rs, stride_dx, stride_dr,
+    DY, DRO, RO, X, R, W, RS, Mean, Rstd, Shift, C1, C2, Seed, DX, DR, DW_part, DB_part, DRS_part,
+    stride_dy, stride_dro, stride_ro, stride_x, stride_r, stride_w, stride_rs, stride_dx, stride_dr,
     M, N, eps, dropout_p, dropout_scale, weight_offset,
+    CHECK_OVERFLOW: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     IS_RMS: tl.constexpr, HAS_DRO: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_ROWSCALE: tl.constexpr,
     HAS_WEIGHT_OFFSET: tl.constexpr, HAS_DROPOUT: tl.constexpr, STORE_DR: tl.constexpr, COMPUTE_DW: tl.constexpr,
     COMPUTE_DB: tl.constexpr, COMPUTE_DRS: tl.constexpr, RECOMPUTE_STATS: tl.constexpr, LLAMA_CAST: tl.constexpr,
@@ -328,13 +370,16 @@ def add_norm_bwd_kernel(
     SINGLE_BLOCK (C == 1): the program holds whole rows and computes c1, c2 itself (and, with
     RECOMPUTE_STATS, the shifted mean and rstd of the stored s); otherwise shift, mean, rstd, c1, c2
     come from ``add_norm_bwd_row_terms_kernel``. COMPUTE_DRS: d_rowscale = sum over the row of
-    ds * dropout(x), one partial per (column block, row) in DRS_part[c, row].
+    ds * dropout(x), one partial per (column block, row) in DRS_part[c, row]. CHECK_OVERFLOW (fp16
+    residual_out): rows flagged by a negative rstd (their stored sum overflowed) read their fp32 sum
+    from the inputs X, R (``_overflowed_sum``): their gradients are those of the forward's math.
     """
     pid_g = tl.program_id(0)
     num_groups = tl.num_programs(0)
     pid_c = tl.program_id(1)
     cols = pid_c * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < N
+    seed = 0
     if HAS_DROPOUT:
         seed = tl.load(Seed)
     dw_acc = tl.full([BLOCK_M, BLOCK_N], 0.0, tl.float32)
@@ -347,6 +392,13 @@ def add_norm_bwd_kernel(
         mask = row_mask[:, None] & col_mask[None, :]
         dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         s = tl.load(RO + rows64[:, None] * stride_ro + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        rs = tl.full([BLOCK_M], 0.0, tl.float32)
+        if HAS_ROWSCALE:
+            rs = tl.load(RS + rows64 * stride_rs, mask=row_mask, other=0.0).to(tl.float32)
+        if CHECK_OVERFLOW:
+            rstd_flagged = tl.load(Rstd + rows64, mask=row_mask, other=1.0)
+            s = _overflowed_sum(s, rstd_flagged < 0.0, X, R, seed, rs, rows64, cols, mask, stride_x, stride_r, N,
+                                dropout_p, dropout_scale, HAS_RESIDUAL, HAS_ROWSCALE, HAS_DROPOUT)
         if SINGLE_BLOCK:
             if IS_RMS:
                 xc = s
@@ -357,7 +409,10 @@ def add_norm_bwd_kernel(
             else:
                 # the forward's shift: the row's first element (the same fp32 value when s is stored
                 # in fp32; the stored, rounded one otherwise, with the statistics recomputed)
-                shift = tl.load(RO + rows64 * stride_ro, mask=row_mask, other=0.0).to(tl.float32)
+                if CHECK_OVERFLOW:  # s[:, 0]: the recomputed value on flagged rows
+                    shift = tl.reduce(tl.where(cols[None, :] == 0, s, 0.0), 1, _sum_combine)
+                else:
+                    shift = tl.load(RO + rows64 * stride_ro, mask=row_mask, other=0.0).to(tl.float32)
                 d = tl.where(mask, s - shift[:, None], 0.0)
                 if RECOMPUTE_STATS:
                     mean = tl.reduce(d, 1, _sum_combine) / N
@@ -369,6 +424,8 @@ def add_norm_bwd_kernel(
                     rstd = tl.load(Rstd + rows64, mask=row_mask, other=0.0)
         else:
             rstd = tl.load(Rstd + rows64, mask=row_mask, other=0.0)
+            if CHECK_OVERFLOW:
+                rstd = tl.abs(rstd)  # the flag was used above
             if IS_RMS:
                 xc = s
             else:
@@ -398,7 +455,6 @@ def add_norm_bwd_kernel(
             tl.store(DR + rows64[:, None] * stride_dr + cols[None, :], _cast(ds, DR.dtype.element_ty, SOFT_BF16), mask=mask)
         dx = ds
         if HAS_ROWSCALE:
-            rs = tl.load(RS + rows64 * stride_rs, mask=row_mask, other=0.0).to(tl.float32)
             dx = dx * rs[:, None]
         if HAS_DROPOUT:
             keep = _keep_mask(seed, rows64[:, None] * N + cols[None, :], dropout_p)

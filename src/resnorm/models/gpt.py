@@ -281,8 +281,10 @@ class Block(nn.Module):
             hidden, residual = self.attention(hidden, residual, values=values)
         return self.feedforward(hidden, residual)
 
-    def residual_mixing(self) -> list[torch.Tensor]:
-        """The stream-mixing matrices of the layer's two blocks (hyper/mhc), in order; [] otherwise."""
+    def mixing_matrices(self) -> list[torch.Tensor]:
+        """The stream-mixing matrices ``(..., n, n)`` of the layer's two blocks (hyper/mhc), in order;
+        [] otherwise. (``residual_mixing()`` is the one-matrix method of a block or connection module:
+        a transformer layer holds two blocks, so it has this list instead.)"""
         mixing = (self.attention.residual_mixing(), self.feedforward.residual_mixing())
         return [m for m in mixing if m is not None]
 
@@ -359,7 +361,7 @@ class GPT(nn.Module):
         """hyper/mhc: forward and backward gains of the composite stream mixing from the input to the
         end of each layer (``resnorm.nn.composite_mixing_gains``; the last forward's matrices);
         None for single-stream placements."""
-        return composite_mixing_gains([block.residual_mixing() for block in self.blocks])
+        return composite_mixing_gains([block.mixing_matrices() for block in self.blocks])
 
     @torch.no_grad()
     def generate(

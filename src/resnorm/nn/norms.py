@@ -340,7 +340,7 @@ class DyT(nn.Module):
     ) -> None:
         super().__init__()
         self.dim = _check_positive_int("dim", dim)
-        self.alpha_init = float(alpha_init)
+        self.alpha_init = _checks.check_float("alpha_init", alpha_init)
         factory = {"device": device, "dtype": dtype}
         self.alpha = nn.Parameter(torch.full((1,), self.alpha_init, **factory))
         self.weight = nn.Parameter(torch.ones(dim, **factory))
@@ -397,7 +397,7 @@ class ScaleNorm(nn.Module):
     ) -> None:
         super().__init__()
         self.dim = _check_positive_int("dim", dim)
-        self.eps = eps
+        self.eps = check_eps(eps)
         self.g = nn.Parameter(torch.full((1,), math.sqrt(dim), device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

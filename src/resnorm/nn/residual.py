@@ -257,6 +257,13 @@ class StreamBlock(nn.Module):
             raise TypeError(f"branch must be an nn.Module; got {type(branch).__name__}")
         self.placement = placement = _check_placement(placement)
         dim = _checks.check_int("dim", dim)  # the stream's feature size
+        # every option is checked whatever the placement: a bad value is an error, never silently unused
+        mixln_rho = _checks.check_float("mixln_rho", mixln_rho, minimum=0.0, maximum=1.0)
+        streams = _checks.check_int("streams", streams)
+        hyper_dynamic = _checks.check_bool("hyper_dynamic", hyper_dynamic)
+        sinkhorn_iters = _checks.check_int("sinkhorn_iters", sinkhorn_iters)
+        layerscale_init = _checks.check_float("layerscale_init", layerscale_init)
+        ngpt_alpha_init = _checks.check_float("ngpt_alpha_init", ngpt_alpha_init)
         self.norm_name = "none" if placement in _NORM_FREE else check_norm(norm)
         self.dim = dim
         self.channels_first = _checks.check_bool("channels_first", channels_first)
@@ -291,9 +298,7 @@ class StreamBlock(nn.Module):
         if placement == "rezero":
             self.gate = nn.Parameter(torch.zeros(1))
         if placement == "layerscale":
-            if not isinstance(layerscale_init, numbers.Real) or isinstance(layerscale_init, bool):
-                raise TypeError(f"layerscale_init must be a float; got {type(layerscale_init).__name__}")
-            self.scale = nn.Parameter(torch.full((dim,), float(layerscale_init)))
+            self.scale = nn.Parameter(torch.full((dim,), layerscale_init))
         self.norm_scale = 1.0
         if placement == "lnscale":
             if layer is None:
@@ -308,8 +313,7 @@ class StreamBlock(nn.Module):
             self.connection = ManifoldHyperConnection(dim, streams, index=index,
                                                       sinkhorn_iters=sinkhorn_iters)
         if placement == "ngpt":
-            self.ngpt_alpha = LearnedScale(dim, _checks.check_float("ngpt_alpha_init", ngpt_alpha_init),
-                                           dim**-0.5)
+            self.ngpt_alpha = LearnedScale(dim, ngpt_alpha_init, dim**-0.5)
         # the norm is computed by add_norm (LayerNorm/RMSNorm on the last dim): a pending add can go inside it
         self._fusable = hasattr(self.norm, "forward_add")
 
