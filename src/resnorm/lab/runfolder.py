@@ -349,7 +349,13 @@ def read_result(run_dir: str | Path) -> RunResult:
 # ----------------------------------------------------------------------------------------------
 # checkpoint.pt
 
-CHECKPOINT_KEYS = ("format", "step", "config", "model", "optimizer", "rng")
+CHECKPOINT_KEYS = ("format", "step", "config", "model", "optimizer", "rng", "spikes", "grad_ratios",
+                   "elapsed_s")
+# what each entry must be: a checkpoint that loads but holds something else is corrupted as well
+_CHECKPOINT_TYPES: dict[str, tuple[type, ...]] = {
+    "step": (int,), "config": (dict,), "model": (dict,), "optimizer": (dict,), "rng": (list, tuple),
+    "spikes": (dict,), "grad_ratios": (list, tuple), "elapsed_s": (int, float),
+}
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> None:
@@ -401,6 +407,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise RunFolderError(f"{path}: not a complete resnorm checkpoint (missing {', '.join(missing)})")
+    wrong = [k for k, types in _CHECKPOINT_TYPES.items()
+             if not isinstance(state[k], types) or isinstance(state[k], bool)]
+    if not wrong and state["step"] < 0:
+        wrong = ["step"]
+    if not wrong and not (state["rng"] and all(isinstance(r, dict) for r in state["rng"])):
+        wrong = ["rng"]
+    if wrong:
+        raise RunFolderError(f"{path}: not a valid resnorm checkpoint (a wrong value for {', '.join(wrong)}; "
+                             "the file is corrupted)")
     return state
 
 
