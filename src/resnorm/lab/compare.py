@@ -38,10 +38,10 @@ from resnorm.lab.config import (
     recipe_summary,
 )
 from resnorm.lab.designs import DESIGNS, Design, in_order, name_for, parse_designs
-from resnorm.lab.errors import ConfigError, RunFolderExistsError, StopRequested
+from resnorm.lab.errors import ConfigError, RunFolderError, RunFolderExistsError, StopRequested
 from resnorm.lab.files import atomic_write_text
 from resnorm.lab.registry import design_name
-from resnorm.lab.runfolder import STUDY_FILE, is_nonempty_dir, write_study
+from resnorm.lab.runfolder import STUDY_FILE, is_nonempty_dir, read_study, write_study
 
 __all__ = [
     "Design",
@@ -281,11 +281,21 @@ def _typed(overrides: dict) -> dict[str, Any]:
     return typed
 
 
-def unfinished_study(out_dir: str | Path) -> bool:
-    """A study folder whose study failed or was interrupted (``study.json`` but no ``summary.txt``): the
-    retry may reuse it without ``overwrite`` (its runs are trained again)."""
+def unfinished_study(out_dir: str | Path, kind: str = "compare", name: str | None = None) -> bool:
+    """A study folder whose study failed or was interrupted (``study.json`` but no ``summary.txt``) and
+    that the same command made (``kind``: ``compare`` or ``study``; ``name``: the study's name): the retry
+    may reuse it without ``overwrite`` (its runs are trained again). A folder of another command or
+    study, or with an unreadable ``study.json``, is not: redoing it would replace what it holds."""
     out_dir = Path(out_dir)
-    return (out_dir / STUDY_FILE).is_file() and not (out_dir / SUMMARY_FILE).exists()
+    if not (out_dir / STUDY_FILE).is_file() or (out_dir / SUMMARY_FILE).exists():
+        return False
+    try:
+        meta = read_study(out_dir)
+    except RunFolderError:
+        return False
+    if not isinstance(meta, dict) or meta.get("kind", "compare") != kind:
+        return False
+    return name is None or meta.get("study") == name
 
 
 def validate_study_data(plan: Sequence[StudyPlanItem]) -> None:
@@ -382,7 +392,7 @@ def run_compare(
                              cli=f"output folder {out_dir} already exists and is not empty; "
                                  "choose another --out or give --overwrite")
     validate_study_data(plan)
-    overwrite = overwrite or unfinished_study(out_dir)  # a failed or interrupted study is redone
+    overwrite = overwrite or unfinished_study(out_dir)  # a failed or interrupted compare is redone
     echo = echo if echo is not None else (print if progress else None)
     if echo is not None:
         for line in recipe_lines(plan, model):

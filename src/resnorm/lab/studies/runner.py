@@ -148,7 +148,7 @@ def run_study(
     ``echo`` receives the header lines and the result (``print`` when ``progress``)."""
     from resnorm.lab import compare, report
     from resnorm.lab.designs import Design
-    from resnorm.lab.runfolder import STUDY_FILE, is_nonempty_dir, write_study
+    from resnorm.lab.runfolder import is_nonempty_dir, write_study
     from resnorm.lab.studies.catalog import get
 
     start = time.perf_counter()
@@ -164,7 +164,7 @@ def run_study(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderExistsError(f"--out {out_dir} exists and is not a folder")
-    unfinished = (out_dir / STUDY_FILE).is_file() and not (out_dir / SUMMARY_FILE).exists()
+    unfinished = compare.unfinished_study(out_dir, "study", study.name)  # this study, failed or stopped
     if is_nonempty_dir(out_dir) and not overwrite and not unfinished:
         raise RunFolderExistsError(
             f"output folder {out_dir} already exists and is not empty; choose "
