@@ -125,6 +125,24 @@ CASES = {
                                  ["residual-mlp", "gpt"]),
     "train resume malformed config": (lambda t, r: ([*MLP, *resume(_bad_config(r, t))], t / "copy"),
                                       ["config.yaml", "YAML"]),
+    "train resume checkpoint of another model":
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, model={}))], t / "copy"), ["checkpoint.pt", "fit"]),
+    "train resume checkpoint without spikes":
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, spikes=None))], t / "copy"), ["checkpoint.pt", "spikes"]),
+    "train resume checkpoint with bad rng": (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, rng=[])), "steps=6"],
+                                                          t / "copy"), ["checkpoint.pt", "rng"]),
+    "train resume checkpoint with bad step":
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, step="4")), "steps=6"], t / "copy"),
+                                             ["checkpoint.pt", "step"]),
+    "train resume bad optimizer state":
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, optimizer={"state": {}, "param_groups": []})),
+                        "steps=6"], t / "copy"), ["checkpoint.pt"]),
+    "train resume metrics is a folder": (lambda t, r: ([*MLP, *resume(_metrics_dir(r, t)), "steps=6"], t / "copy"),
+                                         ["metrics.jsonl"]),
+    "train resume steps below the checkpoint": (lambda t, r: ([*MLP, *resume(copy_run(r, t)), "steps=2"],
+                                                              t / "copy"), ["steps=2", "step 4"]),
+    "train resume epochs below the checkpoint": (lambda t, r: ([*MLP, *resume(copy_run(r, t)), "epochs=0.001"],
+                                                               t / "copy"), ["epochs=0.001", "step 4"]),
     "train out is a file": (lambda t, r: ([*MLP, *TINY, "--out", str(write(t / "f", "x"))], t / "f"),
                             ["not a folder"]),
     "train out impossible": (lambda t, r: ([*MLP, *TINY, "--out", "/proc/resnorm-no/run"], NO_SUCH),
@@ -178,6 +196,45 @@ CASES = {
     "compare bad depth":
         (lambda t, r: (["compare", "--model", "resnet-cifar", "--depths", "10", *o(t)], t / "o"),
                           ["6n+2"]),
+    "compare into an unfinished study's folder":
+        (lambda t, r: ([*CMP_TINY, "--out", str(_unfinished(t, '{"kind": "study", "study": "he2016"}'))],
+                       t / "u"), ["--overwrite"]),
+    # ---------------------------------------------------------------------------------- study
+    "study unknown name": (lambda t, r: (["study", "he2017", *o(t)], t / "o"), ["he2017", "he2016"]),
+    "study unknown setting": (lambda t, r: (["study", "deepnet2022", "colour=red", *o(t)], t / "o"), ["colour"]),
+    "study bad setting value": (lambda t, r: (["study", "deepnet2022", "layers=x", *o(t)], t / "o"), ["layers"]),
+    "study empty setting": (lambda t, r: (["study", "deepnet2022", "data=", *o(t)], t / "o"), ["data"]),
+    "study not key=value": (lambda t, r: (["study", "deepnet2022", "steps", *o(t)], t / "o"), ["KEY=VALUE"]),
+    "study key twice": (lambda t, r: (["study", "deepnet2022", "steps=2", "steps=3", *o(t)], t / "o"),
+                        ["steps", "twice"]),
+    "study seed= and seeds=": (lambda t, r: (["study", "deepnet2022", "seed=1", "seeds=2", *STUDY_TINY, *o(t)],
+                                             t / "o"), ["seed=1", "seeds=2"]),
+    "study a key it sets per run": (lambda t, r: (["study", "xiong2020", "lr=0.1", *o(t)], t / "o"),
+                                    ["lr", "itself"]),
+    "study bad recipe value": (lambda t, r: (["study", "deepnet2022", "dropout=2", *o(t)], t / "o"), ["dropout"]),
+    "study wrong kind of data": (lambda t, r: (["study", "he2016", "data=stdlib", *o(t)], t / "o"), ["stdlib"]),
+    "study data missing": (lambda t, r: (["study", "deepnet2022", "data=no/such.txt", *o(t)], t / "o"),
+                           ["no/such.txt"]),
+    "study text not utf8": (lambda t, r: (["study", "deepnet2022", "data=" + str(write(t / "c.txt", NOT_UTF8)),
+                                           *STUDY_TINY, *o(t)], t / "o"), ["c.txt", "UTF-8"]),
+    "study data empty folder": (lambda t, r: (["study", "he2016", f"data={_mkdir(t / 'd')}", *o(t)], t / "o"),
+                                ["CIFAR-10"]),
+    "study out is a file": (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out", str(write(t / "f", "x"))],
+                                          t / "f"), ["not a folder"]),
+    "study out impossible": (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out", "/proc/resnorm-no/s"],
+                                           NO_SUCH), ["/proc/resnorm-no"]),
+    "study out not empty": (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out", str(copy_run(r, t))],
+                                          t / "copy"), ["not empty", "--overwrite"]),
+    "study into an unfinished compare folder":
+        (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out",
+                        str(_unfinished(t, '{"kind": "compare", "runs": []}'))], t / "u"), ["--overwrite"]),
+    "study into another unfinished study":
+        (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out",
+                        str(_unfinished(t, '{"kind": "study", "study": "he2016", "runs": []}'))], t / "u"),
+         ["--overwrite"]),
+    "study into a folder with a corrupted study.json":
+        (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out", str(_unfinished(t, NOT_UTF8))], t / "u"),
+         ["--overwrite"]),
     # --------------------------------------------------------------------------------- report
     "report missing": (lambda t, r: (["report", str(t / "none")], t / "none"), ["none"]),
     "report no runs": (lambda t, r: (["report", str(_mkdir(t / "e"))], t / "e"), ["neither a run folder"]),
@@ -209,6 +266,10 @@ CASES = {
     "bench without a GPU": (lambda t, r: (["bench", "--shapes", "4x4"], t / "o"), ["resnorm"]),
 }
 NO_SUCH = Path("/proc/resnorm-no")
+STUDY_TINY = ["steps=2", "layers=2", "d_model=16", "eval_batches=1", "text_max_chars=20000", "--workers", "1",
+              "--no-progress"]
+CMP_TINY = ["compare", "--designs", "plain", "--depths", "2", "--steps", "2", "--data", "digits", "width=8",
+            "--workers", "1", "--no-progress"]
 SEED_MLP = ["seeds", "--only", "mlp", "--epochs", "0.01"]
 GARBAGE_METRICS = b'{"kind": "x", "step": 1}\nnope\n{}\n'
 
@@ -217,6 +278,8 @@ ARGPARSE_CASES = [
     [], ["frobnicate"], ["train"], ["compare", "--model", "lstm"], ["compare", "--workers", "0"],
     ["compare", "--steps", "-3"], ["seeds", "--only", "both"], ["seeds", "--epochs", "0"], ["report"],
     ["train", "residual-mlp", "--bogus"], ["bench", "--ops", "add_nothing"], ["bench", "--shapes", "4by4"],
+    ["study"], ["study", "he2016", "--quick", "--full"], ["study", "he2016", "--workers", "0"],
+    ["study", "he2016", "--bogus"],
 ]
 
 
@@ -236,6 +299,37 @@ def _ckpt(run: Path, tmp: Path, content: bytes | None) -> Path:
     path = target / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3] if content is None else content)
     return target
+
+
+def _ckpt_edit(run: Path, tmp: Path, **entries) -> Path:
+    """A copy of the run whose checkpoint loads but holds wrong entries (None: the entry is missing)."""
+    import torch
+
+    target = copy_run(run, tmp)
+    state = torch.load(target / "checkpoint.pt", weights_only=True)
+    for key, value in entries.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    torch.save(state, target / "checkpoint.pt")
+    return target
+
+
+def _metrics_dir(run: Path, tmp: Path) -> Path:
+    target = copy_run(run, tmp)
+    (target / "metrics.jsonl").unlink()
+    (target / "metrics.jsonl" / "x").mkdir(parents=True)
+    return target
+
+
+def _unfinished(tmp: Path, study_json: str | bytes) -> Path:
+    """A folder another command left unfinished: its study.json, no summary.txt, a run folder and a file."""
+    folder = _mkdir(tmp / "u")
+    write(folder / "study.json", study_json)
+    write(folder / "plain-d2" / "metrics.jsonl", '{"kind": "train", "step": 1, "loss": 1.0}\n')
+    write(folder / "notes.txt", "mine")
+    return folder
 
 
 def _bad_config(run: Path, tmp: Path) -> Path:
@@ -297,6 +391,7 @@ def test_argparse_errors_are_exit_2_without_traceback(capsys, argv):
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"], ["compare", "--help"],
+                                  ["study", "--help"],
                                   ["report", "--help"], ["seeds", "--help"], ["bench", "--help"]])
 def test_help_and_version_exit_0(capsys, argv):
     assert main(argv) == 0
