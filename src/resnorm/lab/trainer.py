@@ -67,7 +67,13 @@ from resnorm.lab import registry
 from resnorm.lab.checkpoint import capture_rng, restore_rng, seed_everything
 from resnorm.lab.config import TrainConfig, check_resume_compatible, validate
 from resnorm.lab.distributed import DistContext, init_distributed
-from resnorm.lab.errors import ConfigError, NothingToResumeError, RunFolderError, RunFolderExistsError
+from resnorm.lab.errors import (
+    ConfigError,
+    NothingToResumeError,
+    RunFolderError,
+    RunFolderExistsError,
+    StopRequested,
+)
 from resnorm.lab.memory import StepMemory
 from resnorm.lab.probes import BlockProbe, SpikeDetector, grad_ratio
 from resnorm.lab.runfolder import (
@@ -143,9 +149,10 @@ class _StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, defer: bool = False) -> None:
         self.requested = False
         self.signal: str | None = None
+        self.defer = defer  # only note signals (while the run saves itself): never raise
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
@@ -155,10 +162,10 @@ class _StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.requested and not self.defer:
             raise KeyboardInterrupt
         self.requested = True
-        self.signal = signal.Signals(signum).name
+        self.signal = self.signal or signal.Signals(signum).name
 
     def __exit__(self, *exc: Any) -> None:
         for sig, previous in self._previous.items():
@@ -627,7 +634,12 @@ class Trainer:
                 if self._bar is not None:
                     self._bar.close()
                     self._bar = None
-            return self.finish(collective=not (hard_interrupt and self.ctx.distributed))
+            # a signal while the run saves itself must not cut the checkpoint or result.json short
+            with _StopRequest(defer=True) as late:
+                result = self.finish(collective=not (hard_interrupt and self.ctx.distributed))
+            if late.requested and result.status != "interrupted":  # the run ended; the command stops now
+                raise StopRequested(late.signal or "SIGINT")
+            return result
         except BaseException:
             self._discard_if_nothing_trained()
             raise
