@@ -21,9 +21,10 @@ be overridden that way: giving them is an error that names the option to use.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -496,14 +497,19 @@ def _train_and_plot(item: StudyPlanItem, overwrite: bool, threads: int) -> tuple
 
     from resnorm.lab import report, trainer
 
+    global _BUSY
+    if _STOP is not None and _STOP.is_set():  # the study was stopped: start no further run
+        return str(item.run_dir), "not started", None
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    _BUSY = True
     try:
         result = trainer.train(item.config, item.run_dir, overwrite=overwrite, progress=False)
+        if result.status != "interrupted":
+            report.build_run_plots(report.load_run(item.run_dir, item.design.name, item.depth))
     finally:
+        _BUSY = False
         torch.set_num_threads(previous)
-    if result.status != "interrupted":
-        report.build_run_plots(report.load_run(item.run_dir, item.design.name, item.depth))
     return str(item.run_dir), result.status, result.stop_signal
 
 
@@ -513,12 +519,31 @@ def _stop_if_interrupted(outcome: tuple[str, str, str | None]) -> None:
         raise StopRequested(stop_signal or "SIGINT")
 
 
-def _worker_init() -> None:
+_STOP = None  # in a worker: the pool's stop event (set by the main process when the study stops)
+_BUSY = False  # in a worker: a run is being set up, trained or plotted
+
+
+def _worker_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM in a worker: an idle worker ends at once and quietly; one busy with a run stops it the
+    way the main process would (a run being set up removes what it wrote; a training run saves)."""
+    import os
+
+    if not _BUSY:
+        os._exit(128 + signum)
+    raise StopRequested("SIGTERM")
+
+
+def _worker_init(stop=None) -> None:
     """Workers leave Ctrl-C to the main process (which stops them with SIGTERM): no tracebacks from
-    idle workers. A run in progress handles SIGTERM itself: it stops after its step and saves."""
+    idle workers. A run in progress handles SIGTERM itself: it stops after its step and saves; one
+    being set up stops before it writes anything. ``stop`` (an event) keeps a worker from starting a
+    run that was already queued when the study stopped."""
     import signal
 
+    global _STOP
+    _STOP = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
 
 
 def _run_parallel(plan, overwrite: bool, threads: int, workers: int, bar) -> None:
@@ -527,10 +552,13 @@ def _run_parallel(plan, overwrite: bool, threads: int, workers: int, bar) -> Non
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     order = sorted(plan, key=lambda item: -item.depth)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(plan)),
-                               mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(plan)), mp_context=context,
+                               initializer=_worker_init, initargs=(stop,))
     try:
-        pending = {pool.submit(_train_and_plot, item, overwrite, threads) for item in order}
+        with _sigint_ignored():  # workers start with Ctrl-C ignored: none dies with a traceback mid-import
+            pending = {pool.submit(_train_and_plot, item, overwrite, threads) for item in order}
         while pending:
             # each finished run advances the bar; a worker's error is re-raised at once
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -539,9 +567,27 @@ def _run_parallel(plan, overwrite: bool, threads: int, workers: int, bar) -> Non
                 if bar is not None:
                     bar.update()
     except BaseException:
+        stop.set()  # before the workers are told to stop: a run already queued must not start
         _stop_workers(pool)
         raise
     pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while worker processes are started (a process inherits an ignored signal, and
+    Python then installs no KeyboardInterrupt handler); the main process's handler comes back after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def _stop_workers(pool, timeout: float = 10.0) -> None:
