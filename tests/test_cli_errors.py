@@ -552,3 +552,92 @@ def test_interrupted_compare_exits_130_without_traceback(tmp_path):
             proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "resnorm: interrupted (SIGINT)"
+
+
+def test_a_stopped_pool_starts_no_queued_run(tmp_path, monkeypatch):
+    """A worker process takes runs that were queued before the study stopped; once the stop event is set
+    it must not start them (it used to train one until it was killed, leaving a run with no checkpoint)."""
+    import threading
+
+    from resnorm.lab import compare
+
+    plan = compare.plan_study("mlp", compare.parse_designs("plain"), [2], data="digits", steps=2,
+                              out_dir=tmp_path / "s", overrides={"width": 8})
+    stop = threading.Event()
+    stop.set()
+    monkeypatch.setattr(compare, "_STOP", stop)
+    assert compare._train_and_plot(plan[0], False, 1)[1] == "not started"
+    assert not plan[0].run_dir.exists()
+
+
+def test_interrupted_study_exits_130_and_leaves_whole_runs(tmp_path):
+    """Ctrl-C to a study training on two workers: exit 130, one line, every run folder left behind is a
+    stopped run that can be resumed (checkpoint and result); the same study (only) may redo the folder."""
+    from resnorm.lab import compare
+
+    out = tmp_path / "study"
+    settings = ["layers=2", "d_model=16", "eval_batches=1", "text_max_chars=20000", "--no-progress"]
+    proc = _start(["study", "deepnet2022", "steps=1000000", *settings, "--workers", "2", "--out", str(out)],
+                  tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(sum('"train"' in line for line in m.read_text().splitlines()) >= 2
+                      for m in out.glob("*/metrics.jsonl")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "resnorm: interrupted (SIGINT)"
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert runs
+    for run in runs:
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl",
+                                                         "result.json"], run
+        assert json.loads((run / "result.json").read_text())["status"] == "interrupted"
+    assert compare.unfinished_study(out, "study", "deepnet2022")  # the same study redoes it in place
+    assert not compare.unfinished_study(out, "study", "he2016") and not compare.unfinished_study(out)
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_signal_while_the_run_saves_itself_does_not_cut_the_save(tmp_path, interrupted):
+    """SIGTERM arriving while a run writes its last checkpoint and result.json (a scheduler's second
+    signal, a compare worker told to stop) used to abort the save: the run was left with no checkpoint
+    for its last steps and no result.json. The save completes; a completed run then stops the command."""
+    from resnorm.lab import trainer as trainer_module
+    from resnorm.lab.errors import StopRequested
+
+    class Escaped(Exception):
+        pass
+
+    def outside_the_trainer(signum, frame):
+        raise Escaped
+
+    trainer = trainer_module.Trainer(tiny_config(steps=3), tmp_path / "run", progress=False,
+                                     on_step=(lambda step: os.kill(os.getpid(), signal.SIGINT)) if interrupted
+                                     else None)
+    real_save = trainer.save
+
+    def save_with_a_signal(reason, collective=True):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between bytecodes
+            pass
+        return real_save(reason, collective)
+
+    trainer.save = save_with_a_signal
+    previous = signal.signal(signal.SIGTERM, outside_the_trainer)
+    try:
+        if interrupted:
+            result = trainer.fit()
+            assert result.status == "interrupted" and result.stop_signal == "SIGINT"
+        else:
+            with pytest.raises(StopRequested):
+                trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["status"] == ("interrupted" if interrupted else "completed")
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
