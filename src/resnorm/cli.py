@@ -438,7 +438,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from resnorm.lab import report, summary
 
     runs = [report.load_run(p, d, depth) for p, d, depth in report.find_run_dirs(args.paths)]
-    out = report.build_report(args.paths, args.out, title=args.title, progress=True)
+    out = report.build_report(args.paths, args.out, title=args.title, progress=sys.stderr.isatty())
     families = {r.family.name if r.family else None for r in runs}  # one family: its study's columns
     study = runs[0].family.study if len(families) == 1 and None not in families else None
     print(summary.format_summary_table([summary.summarize(r) for r in runs], notes=True,

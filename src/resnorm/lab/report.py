@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -120,13 +120,21 @@ def build_report(
                              cli=f"--out {out} is a folder; give the HTML file to write")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    iterator: Iterable[RunData] = runs
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(runs, desc="plots", unit="run", leave=False)
-    run_images = {run.path: (build_run_plots(run) if rebuild_run_plots or not _plots_fresh(run)
-                             else {name: run.path / name for name in RUN_PLOTS}) for run in iterator}
+        bar = tqdm(total=len(runs), desc="plots", unit="run", leave=False)
+    run_images = {}
+    try:
+        for run in runs:
+            run_images[run.path] = (build_run_plots(run) if rebuild_run_plots or not _plots_fresh(run)
+                                    else {name: run.path / name for name in RUN_PLOTS})
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:  # cleared before an error is printed
+            bar.close()
     study_images = build_study_plots(runs, out.parent) if len(runs) > 1 else {}
     html_text = render_html(runs, run_images, study_images, title=title or _default_title(runs, paths),
                             preface_html=preface_html, extra_images=extra_images)
