@@ -128,21 +128,24 @@ CASES = {
     "train resume checkpoint of another model":
         (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, model={}))], t / "copy"), ["checkpoint.pt", "fit"]),
     "train resume checkpoint without spikes":
-        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, spikes=None))], t / "copy"), ["checkpoint.pt", "spikes"]),
-    "train resume checkpoint with bad rng": (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, rng=[])), "steps=6"],
-                                                          t / "copy"), ["checkpoint.pt", "rng"]),
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, spikes=None))], t / "copy"),
+         ["checkpoint.pt", "spikes"]),
+    "train resume checkpoint with bad rng":
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, rng=[])), "steps=6"], t / "copy"),
+         ["checkpoint.pt", "rng"]),
     "train resume checkpoint with bad step":
         (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, step="4")), "steps=6"], t / "copy"),
                                              ["checkpoint.pt", "step"]),
     "train resume bad optimizer state":
         (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, optimizer={"state": {}, "param_groups": []})),
                         "steps=6"], t / "copy"), ["checkpoint.pt"]),
-    "train resume metrics is a folder": (lambda t, r: ([*MLP, *resume(_metrics_dir(r, t)), "steps=6"], t / "copy"),
-                                         ["metrics.jsonl"]),
-    "train resume steps below the checkpoint": (lambda t, r: ([*MLP, *resume(copy_run(r, t)), "steps=2"],
-                                                              t / "copy"), ["steps=2", "step 4"]),
-    "train resume epochs below the checkpoint": (lambda t, r: ([*MLP, *resume(copy_run(r, t)), "epochs=0.001"],
-                                                               t / "copy"), ["epochs=0.001", "step 4"]),
+    "train resume metrics is a folder":
+        (lambda t, r: ([*MLP, *resume(_metrics_dir(r, t)), "steps=6"], t / "copy"), ["metrics.jsonl"]),
+    "train resume steps below the checkpoint":
+        (lambda t, r: ([*MLP, *resume(copy_run(r, t)), "steps=2"], t / "copy"), ["steps=2", "step 4"]),
+    "train resume epochs below the checkpoint":
+        (lambda t, r: ([*MLP, *resume(copy_run(r, t)), "epochs=0.001"], t / "copy"),
+         ["epochs=0.001", "step 4"]),
     "train out is a file": (lambda t, r: ([*MLP, *TINY, "--out", str(write(t / "f", "x"))], t / "f"),
                             ["not a folder"]),
     "train out impossible": (lambda t, r: ([*MLP, *TINY, "--out", "/proc/resnorm-no/run"], NO_SUCH),
@@ -201,28 +204,29 @@ CASES = {
                        t / "u"), ["--overwrite"]),
     # ---------------------------------------------------------------------------------- study
     "study unknown name": (lambda t, r: (["study", "he2017", *o(t)], t / "o"), ["he2017", "he2016"]),
-    "study unknown setting": (lambda t, r: (["study", "deepnet2022", "colour=red", *o(t)], t / "o"), ["colour"]),
-    "study bad setting value": (lambda t, r: (["study", "deepnet2022", "layers=x", *o(t)], t / "o"), ["layers"]),
+    "study unknown setting": (lambda t, r: ([*DN, "colour=red", *o(t)], t / "o"), ["colour"]),
+    "study bad setting value": (lambda t, r: ([*DN, "layers=x", *o(t)], t / "o"), ["layers"]),
     "study empty setting": (lambda t, r: (["study", "deepnet2022", "data=", *o(t)], t / "o"), ["data"]),
     "study not key=value": (lambda t, r: (["study", "deepnet2022", "steps", *o(t)], t / "o"), ["KEY=VALUE"]),
     "study key twice": (lambda t, r: (["study", "deepnet2022", "steps=2", "steps=3", *o(t)], t / "o"),
                         ["steps", "twice"]),
-    "study seed= and seeds=": (lambda t, r: (["study", "deepnet2022", "seed=1", "seeds=2", *STUDY_TINY, *o(t)],
-                                             t / "o"), ["seed=1", "seeds=2"]),
+    "study seed= and seeds=": (lambda t, r: ([*DN, "seed=1", "seeds=2", *STUDY_TINY, *o(t)], t / "o"),
+                               ["seed=1", "seeds=2"]),
     "study a key it sets per run": (lambda t, r: (["study", "xiong2020", "lr=0.1", *o(t)], t / "o"),
                                     ["lr", "itself"]),
-    "study bad recipe value": (lambda t, r: (["study", "deepnet2022", "dropout=2", *o(t)], t / "o"), ["dropout"]),
-    "study wrong kind of data": (lambda t, r: (["study", "he2016", "data=stdlib", *o(t)], t / "o"), ["stdlib"]),
+    "study bad recipe value": (lambda t, r: ([*DN, "dropout=2", *o(t)], t / "o"), ["dropout"]),
+    "study wrong kind of data":
+        (lambda t, r: (["study", "he2016", "data=stdlib", *o(t)], t / "o"), ["stdlib"]),
     "study data missing": (lambda t, r: (["study", "deepnet2022", "data=no/such.txt", *o(t)], t / "o"),
                            ["no/such.txt"]),
-    "study text not utf8": (lambda t, r: (["study", "deepnet2022", "data=" + str(write(t / "c.txt", NOT_UTF8)),
-                                           *STUDY_TINY, *o(t)], t / "o"), ["c.txt", "UTF-8"]),
+    "study text not utf8": (lambda t, r: ([*DN, "data=" + str(write(t / "c.txt", NOT_UTF8)), *STUDY_TINY,
+                                           *o(t)], t / "o"), ["c.txt", "UTF-8"]),
     "study data empty folder": (lambda t, r: (["study", "he2016", f"data={_mkdir(t / 'd')}", *o(t)], t / "o"),
                                 ["CIFAR-10"]),
-    "study out is a file": (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out", str(write(t / "f", "x"))],
-                                          t / "f"), ["not a folder"]),
-    "study out impossible": (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out", "/proc/resnorm-no/s"],
-                                           NO_SUCH), ["/proc/resnorm-no"]),
+    "study out is a file": (lambda t, r: ([*DN, *STUDY_TINY, "--out", str(write(t / "f", "x"))], t / "f"),
+                            ["not a folder"]),
+    "study out impossible": (lambda t, r: ([*DN, *STUDY_TINY, "--out", "/proc/resnorm-no/s"], NO_SUCH),
+                             ["/proc/resnorm-no"]),
     "study out not empty": (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out", str(copy_run(r, t))],
                                           t / "copy"), ["not empty", "--overwrite"]),
     "study into an unfinished compare folder":
@@ -233,7 +237,7 @@ CASES = {
                         str(_unfinished(t, '{"kind": "study", "study": "he2016", "runs": []}'))], t / "u"),
          ["--overwrite"]),
     "study into a folder with a corrupted study.json":
-        (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out", str(_unfinished(t, NOT_UTF8))], t / "u"),
+        (lambda t, r: ([*DN, *STUDY_TINY, "--out", str(_unfinished(t, NOT_UTF8))], t / "u"),
          ["--overwrite"]),
     # --------------------------------------------------------------------------------- report
     "report missing": (lambda t, r: (["report", str(t / "none")], t / "none"), ["none"]),
@@ -246,6 +250,32 @@ CASES = {
                                               t / "copy" / "config.yaml"), ["config.yaml", "YAML"]),
     "report garbage result": (lambda t, r: (["report", str(_put(r, t, "result.json", b"{nope"))],
                                             t / "copy" / "result.json"), ["result.json"]),
+    "report result of wrong types": (lambda t, r: (["report", str(_result_edit(r, t, final="x"))],
+                                                   t / "copy" / "result.json"), ["result.json", "final"]),
+    "report result grad_ratio not a number":
+        (lambda t, r: (["report", str(_result_edit(r, t, grad_ratio="big"))], t / "copy" / "result.json"),
+         ["result.json", "grad_ratio"]),
+    "report metrics step not an integer":
+        (lambda t, r: (["report", str(_put(r, t, "metrics.jsonl", b'{"kind": "train", "step": "a"}\n'
+                                                                 b'{"kind": "train", "step": 2}\n'))],
+                       t / "copy" / "metrics.jsonl"), ["metrics.jsonl:1", "step"]),
+    "report probe values not numbers":
+        (lambda t, r: (["report", str(_put(r, t, "metrics.jsonl", b'{"kind": "probe", "step": 1, '
+                                                                 b'"grad_norm": "x"}\n'))],
+                       t / "copy" / "metrics.jsonl"), ["metrics.jsonl:1", "grad_norm"]),
+    "report config value of a wrong type":
+        (lambda t, r: (["report", str(_put(r, t, "config.yaml", b"model: residual-mlp\ndepth: abc\n"))],
+                       t / "copy" / "config.yaml"), ["config.yaml", "depth"]),
+    "report a plot that is a folder":
+        (lambda t, r: (["report", str(_plot_dir(r, t))], t / "copy" / "loss.png"), ["loss.png"]),
+    "report study runs not a list":
+        (lambda t, r: (["report", str(_study(r, t, '{"runs": 5}'))], t / "s" / "study.json"), ["study.json"]),
+    "report study entry of wrong types":
+        (lambda t, r: (["report", str(_study(r, t, '{"runs": [{"dir": "r", "depth": "x"}]}'))],
+                       t / "s" / "study.json"), ["study.json", "run 0"]),
+    "report study entry dir not a name":
+        (lambda t, r: (["report", str(_study(r, t, '{"runs": [{"dir": 5}]}'))], t / "s" / "study.json"),
+         ["study.json"]),
     "report garbage study":
         (lambda t, r: (["report", str(_study(r, t))], t / "s" / "study.json"), ["study.json"]),
     "report out impossible":
@@ -266,6 +296,7 @@ CASES = {
     "bench without a GPU": (lambda t, r: (["bench", "--shapes", "4x4"], t / "o"), ["resnorm"]),
 }
 NO_SUCH = Path("/proc/resnorm-no")
+DN = ["study", "deepnet2022"]
 STUDY_TINY = ["steps=2", "layers=2", "d_model=16", "eval_batches=1", "text_max_chars=20000", "--workers", "1",
               "--no-progress"]
 CMP_TINY = ["compare", "--designs", "plain", "--depths", "2", "--steps", "2", "--data", "digits", "width=8",
@@ -344,11 +375,25 @@ def _put(run: Path, tmp: Path, name: str, content: bytes) -> Path:
     return target
 
 
-def _study(run: Path, tmp: Path) -> Path:
+def _study(run: Path, tmp: Path, text: str = '{"runs": [') -> Path:
     study = _mkdir(tmp / "s")
     shutil.copytree(run, study / "r")
-    (study / "study.json").write_text('{"runs": [')
+    (study / "study.json").write_text(text)
     return study
+
+
+def _result_edit(run: Path, tmp: Path, **fields) -> Path:
+    target = copy_run(run, tmp)
+    result = json.loads((target / "result.json").read_text())
+    (target / "result.json").write_text(json.dumps({**result, **fields}))
+    return target
+
+
+def _plot_dir(run: Path, tmp: Path) -> Path:
+    target = copy_run(run, tmp)
+    (target / "loss.png").unlink(missing_ok=True)
+    (target / "loss.png" / "mine").mkdir(parents=True)
+    return target
 
 
 def _garbage_idx(tmp: Path) -> Path:
