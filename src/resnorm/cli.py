@@ -369,6 +369,9 @@ def _train_config(args: argparse.Namespace, out: Path | None):
     family = registry.get(args.model)
     model_type, config_path, overrides = _split_settings(args.settings, family)
     if model_type is not None:
+        given = _parse_key_values(overrides).get("model_type")
+        if given is not None and given != model_type:
+            raise _usage_error(f"MODEL_TYPE {model_type} and model_type={given} conflict; give the type once")
         overrides = [f"model_type={model_type}", *overrides]
     if not args.resume:
         if family.model_types is not None and model_type is None:  # the type is never implicit here
@@ -550,6 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.parse_args(argv)  # argparse's own "unrecognized arguments" error
     except SystemExit as exc:  # --help / --version (0) and argparse's usage errors (2)
         return int(exc.code or 0) if not isinstance(exc.code, str) else _error(exc.code)
+    empty = [name for name in ("out", "data") if getattr(args, name, None) == ""]
+    if empty:  # "--out $DIR" with DIR unset would otherwise write to the default folder
+        what = "folder" if empty[0] == "out" else "dataset"
+        return _error(f"--{empty[0]} is empty; give a {what} or leave the option out")
     return _run(args.func, args)
 
 
