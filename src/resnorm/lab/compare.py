@@ -186,7 +186,7 @@ class StudyResult:
 
 def _study_keys(family: registry.ModelFamily) -> dict[str, str]:
     """Config keys the study sets itself -> the option that sets them."""
-    keys = {"model": "--model", "data": "--data", "steps": "--steps", "seed": "--seed"}
+    keys = {"model": "--model", "data": "--data", "steps": "--steps", "epochs": "--steps", "seed": "--seed"}
     if family.model_types is not None:
         keys["model_type"] = "--model"
     if family.depth_field:

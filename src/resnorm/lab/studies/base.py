@@ -210,6 +210,9 @@ class Study:
             if key in seen and seen[key].partition("=")[2] != str(text).strip():  # seed= and seeds=
                 raise ConfigError(f"{seen[key]} and {raw_key}={text} both set {key}: conflicting values")
             seen[key] = f"{raw_key}={str(text).strip()}"
+            if key == "epochs" and "steps" in names:  # it would silently replace the study's steps
+                raise ConfigError(f"epochs={text}: study {self.name} sets the length of its runs with "
+                                  "steps=; give steps=N instead")
             if key in names:
                 settings[key] = self.param(key).parse(str(text))
             elif key in self.varies:
