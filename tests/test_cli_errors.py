@@ -146,6 +146,10 @@ CASES = {
     "train resume epochs below the checkpoint":
         (lambda t, r: ([*MLP, *resume(copy_run(r, t)), "epochs=0.001"], t / "copy"),
          ["epochs=0.001", "step 4"]),
+    "train hf TYPE and model_type= conflict":
+        (lambda t, r: (["train", "hf", "llama", "model_type=gemma2", "steps=2", *o(t)], t / "o"),
+         ["llama", "model_type=gemma2"]),
+    "train out empty": (lambda t, r: ([*MLP, *TINY, "steps=2", "--out", ""], t / "runs"), ["--out", "empty"]),
     "train out is a file": (lambda t, r: ([*MLP, *TINY, "--out", str(write(t / "f", "x"))], t / "f"),
                             ["not a folder"]),
     "train out impossible": (lambda t, r: ([*MLP, *TINY, "--out", "/proc/resnorm-no/run"], NO_SUCH),
@@ -185,6 +189,8 @@ CASES = {
     "compare batch larger than data":
         (lambda t, r: (["compare", "--data", "digits", "batch_size=9999", *o(t)],
                                                      t / "o"), ["batch_size=9999"]),
+    "compare epochs=": (lambda t, r: (["compare", "epochs=1", *o(t)], t / "o"), ["epochs", "--steps"]),
+    "compare data empty": (lambda t, r: (["compare", "--data", "", *o(t)], t / "o"), ["--data", "empty"]),
     "compare out is a file": (lambda t, r: (["compare", "--out", str(write(t / "f", "x"))], t / "f"),
                               ["not a folder"]),
     "compare out impossible":
@@ -212,6 +218,8 @@ CASES = {
                         ["steps", "twice"]),
     "study seed= and seeds=": (lambda t, r: ([*DN, "seed=1", "seeds=2", *STUDY_TINY, *o(t)], t / "o"),
                                ["seed=1", "seeds=2"]),
+    "study epochs=": (lambda t, r: ([*DN, "epochs=1", *STUDY_TINY, *o(t)], t / "o"), ["epochs", "steps="]),
+    "study out empty": (lambda t, r: ([*DN, *STUDY_TINY, "--out", ""], t / "runs"), ["--out", "empty"]),
     "study a key it sets per run": (lambda t, r: (["study", "xiong2020", "lr=0.1", *o(t)], t / "o"),
                                     ["lr", "itself"]),
     "study bad recipe value": (lambda t, r: ([*DN, "dropout=2", *o(t)], t / "o"), ["dropout"]),
@@ -410,7 +418,8 @@ def _seed_folder(run: Path, tmp: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_error_paths_are_one_line_exit_2_and_touch_nothing(capsys, tmp_path, finished_run, case):
+def test_error_paths_are_one_line_exit_2_and_touch_nothing(capsys, tmp_path, finished_run, case, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default output folder (runs/...) would land here
     build, needles = CASES[case]
     argv, watched = build(tmp_path, finished_run)
     before = snapshot(watched)
