@@ -695,3 +695,27 @@ def test_a_signal_while_the_run_saves_itself_does_not_cut_the_save(tmp_path, int
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["status"] == ("interrupted" if interrupted else "completed")
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("command", ["compare", "study"])
+def test_an_overwrite_stopped_half_way_is_an_unfinished_study(capsys, tmp_path, monkeypatch, command):
+    """--overwrite on a finished study folder, stopped before its runs are done, used to leave the old
+    summary.txt (and verdict.json): the folder looked finished while it held the new, partial runs."""
+    from resnorm.lab import compare
+    from resnorm.lab.errors import StopRequested
+
+    out = _mkdir(tmp_path / "s")
+    kind = {"kind": "compare"} if command == "compare" else {"kind": "study", "study": "deepnet2022"}
+    (out / "study.json").write_text(json.dumps({**kind, "runs": []}))
+    (out / "summary.txt").write_text("the old outcome")
+    (out / "verdict.json").write_text("{}")
+
+    def stopped(*args, **kwargs):
+        raise StopRequested("SIGTERM")
+
+    monkeypatch.setattr(compare, "train_plan", stopped)
+    argv = CMP_TINY if command == "compare" else [*DN, *STUDY_TINY]
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 143
+    assert not (out / "summary.txt").exists()
+    assert command == "compare" or not (out / "verdict.json").exists()
+    assert compare.unfinished_study(out, command, None if command == "compare" else "deepnet2022")

@@ -399,6 +399,8 @@ def run_compare(
         for line in recipe_lines(plan, model):
             echo(line)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # the finished marker goes first: an overwrite stopped half way is an unfinished compare
+        (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
     family = registry.by_study_alias(model)
     study = {
         "kind": "compare",

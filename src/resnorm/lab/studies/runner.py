@@ -187,6 +187,9 @@ def run_study(
         if echo is not None:
             echo(line)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # the old outcome goes first: an overwrite stopped half way is an unfinished study
+        for name in (SUMMARY_FILE, VERDICT_FILE):
+            (out_dir / name).unlink(missing_ok=True)
     write_study(
         {
             "kind": "study",
