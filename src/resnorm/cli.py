@@ -441,13 +441,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     from resnorm.lab import report, summary
 
     runs = [report.load_run(p, d, depth) for p, d, depth in report.find_run_dirs(args.paths)]
-    out = report.build_report(args.paths, args.out, title=args.title, progress=sys.stderr.isatty())
+    if len(args.paths) == 1 and _named_study(Path(args.paths[0])):  # keep the claim and the verdict
+        from resnorm.lab.studies.runner import rebuild_report
+
+        out = rebuild_report(args.paths[0], args.out, title=args.title)
+    else:
+        out = report.build_report(args.paths, args.out, title=args.title, progress=sys.stderr.isatty())
     families = {r.family.name if r.family else None for r in runs}  # one family: its study's columns
     study = runs[0].family.study if len(families) == 1 and None not in families else None
     print(summary.format_summary_table([summary.summarize(r) for r in runs], notes=True,
                                        columns=study.columns if study else None))
     print(f"\nreport: {out}")
     return EXIT_OK
+
+
+def _named_study(path: Path) -> bool:
+    """A folder written by ``resnorm study`` (its study.json says so)."""
+    from resnorm.lab.runfolder import METRICS_FILE, read_study
+
+    if not path.is_dir() or (path / METRICS_FILE).is_file():
+        return False
+    meta = read_study(path)
+    return meta is not None and meta.get("kind") == "study"
 
 
 def cmd_seeds(args: argparse.Namespace) -> int:
