@@ -719,3 +719,29 @@ def test_an_overwrite_stopped_half_way_is_an_unfinished_study(capsys, tmp_path, 
     assert not (out / "summary.txt").exists()
     assert command == "compare" or not (out / "verdict.json").exists()
     assert compare.unfinished_study(out, command, None if command == "compare" else "deepnet2022")
+
+
+def _named_study(run: Path, tmp: Path, coords: dict) -> Path:
+    """A default-compare study folder around a copy of the finished run (its own report.html kept)."""
+    study = _mkdir(tmp / "named")
+    shutil.copytree(run, study / "plain-d2-s0")
+    write(study / "study.json", json.dumps({
+        "kind": "study", "study": "default-compare", "title": "t", "budget": "quick",
+        "settings": {"data": "digits", "steps": 4, "seeds": [0]}, "overrides": {},
+        "runs": [{"dir": "plain-d2-s0", "design": "plain", "depth": 2, "coords": coords}]}))
+    return study
+
+
+def test_report_on_a_study_folder_keeps_its_claim_and_verdict(capsys, tmp_path, finished_run):
+    """``resnorm report STUDY`` rebuilt a plain report over the study's own report.html: the claim, the
+    verdict and the study's figures were gone."""
+    study = _named_study(finished_run, tmp_path, {"design": "plain", "depth": 2, "seed": 0})
+    assert main(["report", str(study)]) == 0, capsys.readouterr().err
+    html = (study / "report.html").read_text()
+    assert "Verdict" in html and "resnorm study default-compare" in html
+    broken = _named_study(finished_run, tmp_path / "b", {"depth": 2})  # coordinates of another study
+    before = snapshot(broken / "study.json")
+    assert main(["report", str(broken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("resnorm: error:") and "study.json" in err[0]
+    assert snapshot(broken / "study.json") == before
