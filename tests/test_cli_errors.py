@@ -301,7 +301,8 @@ CASES = {
     "seeds out impossible": (lambda t, r: ([*SEED_MLP, "--out", "/proc/resnorm-no/s"], NO_SUCH),
                              ["/proc/resnorm-no"]),
     # ---------------------------------------------------------------------------------- bench
-    "bench without a GPU": (lambda t, r: (["bench", "--shapes", "4x4"], t / "o"), ["resnorm"]),
+    "bench without a GPU":
+        (lambda t, r: (["bench", "--shapes", "4x4"], t / "o"), ["resnorm: error:", "CUDA"]),
 }
 NO_SUCH = Path("/proc/resnorm-no")
 DN = ["study", "deepnet2022"]

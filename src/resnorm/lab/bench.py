@@ -412,13 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``resnorm bench`` and ``benchmarks/add_norm.py``; returns the exit status."""
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        print("resnorm bench: no CUDA device found; the benchmark needs an NVIDIA GPU (nothing was run).",
-              file=sys.stderr)
+        print("resnorm: error: bench: no CUDA device found; the benchmark needs an NVIDIA GPU "
+              "(nothing was run)", file=sys.stderr)
         return 2
     try:
         import triton  # noqa: F401
     except ImportError:
-        print("resnorm bench: Triton is not installed; pip install 'resnorm[triton]'.", file=sys.stderr)
+        print("resnorm: error: bench: Triton is not installed; pip install 'resnorm[triton]'",
+              file=sys.stderr)
         return 2
     if args.tune:
         import triton
