@@ -746,3 +746,39 @@ def test_report_on_a_study_folder_keeps_its_claim_and_verdict(capsys, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("resnorm: error:") and "study.json" in err[0]
     assert snapshot(broken / "study.json") == before
+
+
+@pytest.mark.parametrize(("exitcode", "status", "words"), [
+    (-9, 2, ["worker", "SIGKILL", "memory"]), (-15, 143, ["interrupted (SIGTERM)"])])
+def test_a_worker_that_dies_is_one_line(capsys, tmp_path, monkeypatch, exitcode, status, words):
+    """A worker process killed from outside (the system out of memory: SIGKILL) used to end compare with
+    a BrokenProcessPool traceback; one killed by SIGTERM is a stop (143)."""
+    import concurrent.futures
+    from concurrent.futures.process import BrokenProcessPool
+
+    class Dead:
+        exitcode = None
+
+        def join(self, timeout=None):
+            self.exitcode = exitcode
+
+        def is_alive(self):
+            return False
+
+    class BrokenPool:
+        def __init__(self, *args, **kwargs):
+            self._processes = {1: Dead()}
+
+        def submit(self, *args, **kwargs):
+            future = concurrent.futures.Future()
+            future.set_exception(BrokenProcessPool("A process in the process pool was terminated abruptly"))
+            return future
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", BrokenPool)
+    argv = [*CMP_TINY, "--designs", "plain,pre-norm", "--workers", "2", "--out", str(tmp_path / "s")]
+    assert main(argv) == status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0] and all(w in err[0] for w in words), err

@@ -39,7 +39,7 @@ from resnorm.lab.config import (
     recipe_summary,
 )
 from resnorm.lab.designs import DESIGNS, Design, in_order, name_for, parse_designs
-from resnorm.lab.errors import ConfigError, RunFolderError, RunFolderExistsError, StopRequested
+from resnorm.lab.errors import ConfigError, RunFolderError, RunFolderExistsError, StopRequested, WorkerError
 from resnorm.lab.files import atomic_write_text
 from resnorm.lab.registry import design_name
 from resnorm.lab.runfolder import STUDY_FILE, is_nonempty_dir, read_study, write_study
@@ -552,20 +552,27 @@ def _run_parallel(plan, overwrite: bool, threads: int, workers: int, bar) -> Non
     """The plan on a pool of spawned processes, deepest runs first (they take longest)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     order = sorted(plan, key=lambda item: -item.depth)
     context = multiprocessing.get_context("spawn")
     stop = context.Event()
     pool = ProcessPoolExecutor(max_workers=min(workers, len(plan)), mp_context=context,
                                initializer=_worker_init, initargs=(stop,))
+    processes = []
     try:
         with _sigint_ignored():  # workers start with Ctrl-C ignored: none dies with a traceback mid-import
             pending = {pool.submit(_train_and_plot, item, overwrite, threads) for item in order}
+        processes = list(getattr(pool, "_processes", {}).values())
         while pending:
             # each finished run advances the bar; a worker's error is re-raised at once
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                _stop_if_interrupted(future.result())
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    raise _worker_died(processes) from None
+                _stop_if_interrupted(outcome)
                 if bar is not None:
                     bar.update()
     except BaseException:
@@ -573,6 +580,31 @@ def _run_parallel(plan, overwrite: bool, threads: int, workers: int, bar) -> Non
         _stop_workers(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _worker_died(processes: Sequence[Any]) -> BaseException:
+    """What a worker process that ended abruptly means: a stop (SIGTERM/SIGINT reached it too) or a
+    ``WorkerError`` naming how it ended (SIGKILL: most often the system out of memory)."""
+    import signal
+
+    codes = []
+    for process in processes:
+        process.join(1.0)
+        if process.exitcode is not None:
+            codes.append(process.exitcode)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if -sig in codes or 128 + sig in codes:
+            return StopRequested(signal.Signals(sig).name)
+    def ended(code: int) -> str:
+        try:
+            return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        except ValueError:
+            return f"exit status {code}"
+
+    how = ", ".join(ended(c) for c in codes if c != 0) or "ended abruptly"
+    return WorkerError(f"a worker process training the runs died ({how}; SIGKILL is most often the system "
+                       "running out of memory); the runs it finished are kept: run the same command again "
+                       "to redo the rest, or give --workers 1")
 
 
 @contextlib.contextmanager
