@@ -98,6 +98,11 @@ CASES = {
                           ["bin.yaml", "UTF-8"]),
     "train yaml list": (lambda t, r: ([*MLP, str(write(t / "l.yaml", "- 1\n- 2\n")), *o(t)], t / "o"),
                         ["l.yaml", "mapping"]),
+    "train yaml key twice":
+        (lambda t, r: ([*MLP, str(write(t / "d.yaml", "depth: 2\ndepth: 3\n")), *o(t)], t / "o"),
+         ["d.yaml", "depth", "twice"]),
+    "train yaml key not a name": (lambda t, r: ([*MLP, str(write(t / "k.yaml", "1: 2\n")), *o(t)], t / "o"),
+                                  ["k.yaml", "key 1"]),
     "train yaml model conflict":
         (lambda t, r: ([*MLP, str(write(t / "g.yaml", "model: gpt\n")), *o(t)], t / "o"),
                                   ["gpt", "MODEL"]),
