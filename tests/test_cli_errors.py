@@ -787,3 +787,30 @@ def test_a_worker_that_dies_is_one_line(capsys, tmp_path, monkeypatch, exitcode,
     assert main(argv) == status
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Traceback" not in err[0] and all(w in err[0] for w in words), err
+
+
+def test_study_measurements_are_strict_json(capsys, tmp_path, monkeypatch):
+    """measurements.json used to hold bare NaN/Infinity (not JSON for most tools), like metrics.jsonl did."""
+    import math
+
+    from resnorm.lab import compare
+    from resnorm.lab.errors import StopRequested
+    from resnorm.lab.studies import deepnet2022
+    from resnorm.lab.studies.runner import load_outcomes
+
+    def stopped(*args, **kwargs):
+        raise StopRequested("SIGINT")
+
+    monkeypatch.setattr(deepnet2022.DeepNet2022, "measure",
+                        lambda self, *args, **kwargs: {"grad": [1.0, math.nan], "peak": math.inf})
+    monkeypatch.setattr(compare, "train_plan", stopped)
+    out = tmp_path / "s"
+    assert main([*DN, *STUDY_TINY, "--out", str(out)]) == 130
+
+    def refuse(constant):
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    json.loads((out / "measurements.json").read_text(), parse_constant=refuse)
+    _, measurements = load_outcomes(out)
+    assert measurements["grad"][0] == 1.0 and math.isnan(measurements["grad"][1])
+    assert measurements["peak"] == math.inf

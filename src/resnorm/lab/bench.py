@@ -160,7 +160,9 @@ def write_results(result: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = _file_stem(result["device"])
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    from resnorm.lab.runfolder import encode_json
+
+    json_path.write_text(encode_json(result, indent=1) + "\n")  # strict JSON: a NaN is written as null
     md_path.write_text(format_markdown(result))
     return json_path, md_path
 

@@ -149,7 +149,7 @@ def run_study(
     ``echo`` receives the header lines and the result (``print`` when ``progress``)."""
     from resnorm.lab import compare, report
     from resnorm.lab.designs import Design
-    from resnorm.lab.runfolder import is_nonempty_dir, write_study
+    from resnorm.lab.runfolder import encode_json, is_nonempty_dir, write_study
     from resnorm.lab.studies.catalog import get
 
     start = time.perf_counter()
@@ -207,7 +207,8 @@ def run_study(
         out_dir,
     )
     measurements = study.measure(values, overrides, out_dir, progress=progress)
-    atomic_write_text(json.dumps(measurements, indent=2) + "\n", out_dir / MEASUREMENTS_FILE)
+    # strict JSON (a non-finite number as null, its kind under "nonfinite"), like every file of the lab
+    atomic_write_text(encode_json(measurements, indent=2) + "\n", out_dir / MEASUREMENTS_FILE)
     compare.train_plan(
         items, workers=workers, overwrite=overwrite or unfinished, progress=progress, desc=study.name
     )
@@ -217,7 +218,7 @@ def run_study(
     header, rows = study.table(outcomes, measurements)
     figures = study.figures(outcomes, measurements, out_dir)
     atomic_write_text(
-        json.dumps(
+        encode_json(
             {"study": study.name, "budget": budget, **verdict.to_json(), "line": verdict.line(study.name)},
             indent=2,
         )
@@ -294,7 +295,7 @@ def load_outcomes(out_dir: str | Path) -> tuple[list[RunOutcome], dict[str, Any]
     """The outcomes and measurements of a study folder (to judge or redraw it again); a damaged
     ``study.json`` or ``measurements.json`` is a ``RunFolderError`` naming the file."""
     from resnorm.lab.errors import RunFolderError
-    from resnorm.lab.runfolder import read_study
+    from resnorm.lab.runfolder import decode_json, read_study
 
     out_dir = Path(out_dir)
     meta = read_study(out_dir) or {}
@@ -318,6 +319,7 @@ def load_outcomes(out_dir: str | Path) -> tuple[list[RunOutcome], dict[str, Any]
             measurements = None
         if not isinstance(measurements, dict):
             raise RunFolderError(f"{path}: not a JSON object of measurements (the file is corrupted)")
+        measurements = decode_json(measurements)
     return outcomes, measurements
 
 
