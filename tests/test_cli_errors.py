@@ -814,3 +814,12 @@ def test_study_measurements_are_strict_json(capsys, tmp_path, monkeypatch):
     _, measurements = load_outcomes(out)
     assert measurements["grad"][0] == 1.0 and math.isnan(measurements["grad"][1])
     assert measurements["peak"] == math.inf
+
+
+def test_report_on_a_folder_whose_name_is_not_utf8(capsys, tmp_path, finished_run):
+    """A folder name with bytes that are not UTF-8 (made outside Python) ended report with a matplotlib
+    TypeError traceback: the run's name goes into plot titles and the HTML."""
+    run = tmp_path / os.fsdecode(b"run-\xff")
+    shutil.copytree(finished_run, run)
+    assert main(["report", str(run)]) == 0, capsys.readouterr().err
+    assert "run-\ufffd" in (run / "report.html").read_text(encoding="utf-8")

@@ -337,7 +337,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                  out_dir=args.out, overwrite=args.overwrite, progress=not args.no_progress,
                                  overrides=overrides, workers=args.workers, echo=print)
     print(result.summary or summary.format_summary_table(result.rows, notes=True))
-    print(f"\nreport: {result.report}")
+    print(f"\nreport: {_shown(result.report)}")
     return EXIT_OK
 
 
@@ -355,7 +355,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(result.line)
     for note in result.verdict.notes:
         print(f"  note: {note}")
-    print(f"\nwall time {result.wall_s:.0f} s; report: {result.report}")
+    print(f"\nwall time {result.wall_s:.0f} s; report: {_shown(result.report)}")
     return EXIT_OK
 
 
@@ -417,8 +417,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.fit()
     if trainer.already_finished is not None:
         if rank0:
-            print(f"{out}: the run is already complete ({result.steps} of {result.total_steps} steps); "
-                  "nothing to do (give steps=N with a larger N to train on)")
+            print(f"{_shown(out)}: the run is already complete ({result.steps} of {result.total_steps} "
+                  "steps); nothing to do (give steps=N with a larger N to train on)")
         return EXIT_OK
     if result.status == "interrupted":
         code = EXIT_SIGTERM if result.stop_signal == "SIGTERM" else EXIT_SIGINT
@@ -433,7 +433,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     row = summary.summarize(report.load_run(out))
     study = config.family.study  # a family's own columns (hf: step time and peak memory)
     print(summary.format_summary_table([row], notes=True, columns=study.columns if study else None))
-    print(f"\nstatus: {result.status} after {result.steps} steps; run folder: {out}\nreport: {html}")
+    print(f"\nstatus: {result.status} after {result.steps} steps; run folder: {_shown(out)}\n"
+          f"report: {_shown(html)}")
     return EXIT_OK
 
 
@@ -451,7 +452,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     study = runs[0].family.study if len(families) == 1 and None not in families else None
     print(summary.format_summary_table([summary.summarize(r) for r in runs], notes=True,
                                        columns=study.columns if study else None))
-    print(f"\nreport: {out}")
+    print(f"\nreport: {_shown(out)}")
     return EXIT_OK
 
 
@@ -478,7 +479,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
                               resnet_data=settings.get("data", "mnist5k"), overwrite=args.overwrite,
                               progress=not args.no_progress)
     print(seeds.format_results(results))
-    print(f"\nruns: {out}")
+    print(f"\nruns: {_shown(out)}")
     return EXIT_OK
 
 
@@ -529,6 +530,13 @@ def _parse_key_values(items: Sequence[str]) -> dict[str, str]:
             raise _usage_error(f"{key} is given twice ({key}={out[key]} and {key}={value.strip()})")
         out[key] = value.strip()
     return out
+
+
+def _shown(path: object) -> str:
+    """A path as text any terminal takes (bytes of a file name that are not UTF-8 as U+FFFD)."""
+    from resnorm.lab.runfolder import printable
+
+    return printable(str(path))
 
 
 def _timestamp() -> str:

@@ -27,7 +27,7 @@ import yaml
 from resnorm.lab import plots
 from resnorm.lab.designs import in_order
 from resnorm.lab.errors import ConfigError, RunFolderError
-from resnorm.lab.runfolder import METRICS_FILE, RunData, find_run_dirs, load_run, read_study
+from resnorm.lab.runfolder import METRICS_FILE, RunData, find_run_dirs, load_run, printable, read_study
 from resnorm.lab.summary import (
     COLUMNS,
     SUMMARY_COLUMNS,
@@ -199,7 +199,8 @@ def render_html(
     parts.append("<h2>Configurations</h2>")
     for run in runs:
         config_text = yaml.safe_dump(run.config, sort_keys=True) if run.config else "(no config.yaml)"
-        parts.append(f"<details><summary>{html.escape(run.name)} — {html.escape(str(run.path))}</summary>"
+        where = html.escape(printable(str(run.path)))
+        parts.append(f"<details><summary>{html.escape(run.name)} — {where}</summary>"
                      f"<pre>{html.escape(config_text)}</pre></details>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -533,7 +533,8 @@ def load_run(path: str | Path, design: str | None = None, depth: int | None = No
     groups = group_metrics(read_metrics(path / METRICS_FILE))
     if depth is None:
         depth = _depth_of(config, groups["probe"])
-    return RunData(path=path, name=path.name, config=config, design=design or registry.design_name(config),
+    return RunData(path=path, name=printable(path.name), config=config,
+                   design=design or registry.design_name(config),
                    depth=depth, train=groups["train"], val=groups["val"], probes=groups["probe"],
                    events=groups["event"], result=result)
 
@@ -554,6 +555,12 @@ def _check_saved_config(path: Path, config: dict) -> None:
     except (TypeError, ValueError):
         raise RunFolderError(f"{path}: {family.depth_field}={known[family.depth_field]!r} is not an "
                              "integer") from None
+
+
+def printable(text: str) -> str:
+    """``text`` (a file name) with bytes that are not UTF-8 shown as U+FFFD: names of folders made
+    outside Python may hold them, and plots, HTML and the terminal need real text."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _depth_of(config: dict, probes: list[dict]) -> int | None:
