@@ -823,3 +823,16 @@ def test_report_on_a_folder_whose_name_is_not_utf8(capsys, tmp_path, finished_ru
     shutil.copytree(finished_run, run)
     assert main(["report", str(run)]) == 0, capsys.readouterr().err
     assert "run-\ufffd" in (run / "report.html").read_text(encoding="utf-8")
+
+
+def test_ctrl_c_while_the_command_line_is_read_exits_130(capsys, monkeypatch):
+    """Ctrl-C while the parser is built (it imports the lab's registry and studies) printed a
+    KeyboardInterrupt traceback and exited -2."""
+    import resnorm.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["train", "residual-mlp"]) == 130
+    assert capsys.readouterr().err.strip() == "resnorm: interrupted (SIGINT)"

@@ -565,8 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         # everything after "bench" belongs to resnorm.lab.bench, options (and --help) included
         return _run(cmd_bench, argparse.Namespace(bench_args=argv[1:]))
-    parser = build_parser()
     try:
+        parser = build_parser()  # imports the lab's registry and studies: Ctrl-C may land here
         args, extra = parser.parse_known_args(argv)
         # KEY=VALUE settings may also follow the options (resnorm train gpt --out r --resume steps=900)
         positional = next((name for name in ("settings", "overrides") if hasattr(args, name)), None)
@@ -576,6 +576,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.parse_args(argv)  # argparse's own "unrecognized arguments" error
     except SystemExit as exc:  # --help / --version (0) and argparse's usage errors (2)
         return int(exc.code or 0) if not isinstance(exc.code, str) else _error(exc.code)
+    except KeyboardInterrupt:
+        print("resnorm: interrupted (SIGINT)", file=sys.stderr)
+        return EXIT_SIGINT
     empty = [name for name in ("out", "data") if getattr(args, name, None) == ""]
     if empty:  # "--out $DIR" with DIR unset would otherwise write to the default folder
         what = "folder" if empty[0] == "out" else "dataset"
