@@ -836,3 +836,14 @@ def test_ctrl_c_while_the_command_line_is_read_exits_130(capsys, monkeypatch):
     monkeypatch.setattr(cli, "build_parser", interrupted)
     assert main(["train", "residual-mlp"]) == 130
     assert capsys.readouterr().err.strip() == "resnorm: interrupted (SIGINT)"
+
+
+def test_resume_removes_what_a_killed_save_left(capsys, tmp_path, finished_run):
+    """SIGKILL while checkpoint.pt was written leaves the atomic write's temporary file (as large as the
+    checkpoint) beside it; resuming the run cleans it up, and other files stay."""
+    run = copy_run(finished_run, tmp_path)
+    write(run / ".checkpoint.pt.x1y2z3.tmp", b"half a checkpoint")
+    write(run / ".mine.tmp", b"the user's")
+    code = main([*MLP, "--out", str(run), "--resume", "steps=5", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert not (run / ".checkpoint.pt.x1y2z3.tmp").exists() and (run / ".mine.tmp").is_file()

@@ -49,8 +49,8 @@ __all__ = [
     "FORMAT_VERSION", "RunResult", "RunData", "MetricsWriter", "write_config", "read_config",
     "read_metrics", "group_metrics", "truncate_metrics", "encode_json", "decode_json", "write_result",
     "read_result", "save_checkpoint", "load_checkpoint", "has_checkpoint", "is_nonempty_dir",
-    "clear_run_files", "load_run", "find_run_dirs", "read_study", "write_study", "atomic_write_text",
-    "atomic_torch_save", "file_mode",
+    "clear_run_files", "remove_stale_temporaries", "load_run", "find_run_dirs", "read_study", "write_study",
+    "atomic_write_text", "atomic_torch_save", "file_mode", "printable",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -489,11 +489,23 @@ def is_nonempty_dir(path: str | Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
+def remove_stale_temporaries(run_dir: str | Path) -> None:
+    """Remove the temporary files of atomic writes that a killed process left (``.checkpoint.pt.*.tmp``:
+    a run killed with SIGKILL while it saved); only those of the run's own files."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.glob(".*.tmp"):
+        if path.is_file() and any(path.name.startswith(f".{name}.") for name in RUN_FILES):
+            path.unlink(missing_ok=True)
+
+
 def clear_run_files(run_dir: str | Path) -> None:
     """Remove the files a run writes (and only those): the run files, ``tb/`` and the plots/report."""
     run_dir = Path(run_dir)
     for name in (*RUN_FILES, "report.html", "loss.png", "grad_norm.png", "act_rms.png"):
         (run_dir / name).unlink(missing_ok=True)
+    remove_stale_temporaries(run_dir)
     shutil.rmtree(run_dir / TB_DIR, ignore_errors=True)
 
 

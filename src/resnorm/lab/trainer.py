@@ -90,6 +90,7 @@ from resnorm.lab.runfolder import (
     read_metrics,
     read_result,
     read_result_dict,
+    remove_stale_temporaries,
     save_checkpoint,
     truncate_metrics,
     write_config,
@@ -335,6 +336,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if state is not None:
                 truncate_metrics(self.out_dir, self.step_count)
+                remove_stale_temporaries(self.out_dir)  # a save cut short by SIGKILL
             self._wrote_files = True
             write_config(config, self.out_dir / "config.yaml")
         self.log = MetricsWriter(self.out_dir, enabled=ctx.is_main, tensorboard=config.tensorboard)
