@@ -98,6 +98,11 @@ CASES = {
                           ["bin.yaml", "UTF-8"]),
     "train yaml list": (lambda t, r: ([*MLP, str(write(t / "l.yaml", "- 1\n- 2\n")), *o(t)], t / "o"),
                         ["l.yaml", "mapping"]),
+    "train yaml key twice":
+        (lambda t, r: ([*MLP, str(write(t / "d.yaml", "depth: 2\ndepth: 3\n")), *o(t)], t / "o"),
+         ["d.yaml", "depth", "twice"]),
+    "train yaml key not a name": (lambda t, r: ([*MLP, str(write(t / "k.yaml", "1: 2\n")), *o(t)], t / "o"),
+                                  ["k.yaml", "key 1"]),
     "train yaml model conflict":
         (lambda t, r: ([*MLP, str(write(t / "g.yaml", "model: gpt\n")), *o(t)], t / "o"),
                                   ["gpt", "MODEL"]),
@@ -125,6 +130,31 @@ CASES = {
                                  ["residual-mlp", "gpt"]),
     "train resume malformed config": (lambda t, r: ([*MLP, *resume(_bad_config(r, t))], t / "copy"),
                                       ["config.yaml", "YAML"]),
+    "train resume checkpoint of another model":
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, model={}))], t / "copy"), ["checkpoint.pt", "fit"]),
+    "train resume checkpoint without spikes":
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, spikes=None))], t / "copy"),
+         ["checkpoint.pt", "spikes"]),
+    "train resume checkpoint with bad rng":
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, rng=[])), "steps=6"], t / "copy"),
+         ["checkpoint.pt", "rng"]),
+    "train resume checkpoint with bad step":
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, step="4")), "steps=6"], t / "copy"),
+                                             ["checkpoint.pt", "step"]),
+    "train resume bad optimizer state":
+        (lambda t, r: ([*MLP, *resume(_ckpt_edit(r, t, optimizer={"state": {}, "param_groups": []})),
+                        "steps=6"], t / "copy"), ["checkpoint.pt"]),
+    "train resume metrics is a folder":
+        (lambda t, r: ([*MLP, *resume(_metrics_dir(r, t)), "steps=6"], t / "copy"), ["metrics.jsonl"]),
+    "train resume steps below the checkpoint":
+        (lambda t, r: ([*MLP, *resume(copy_run(r, t)), "steps=2"], t / "copy"), ["steps=2", "step 4"]),
+    "train resume epochs below the checkpoint":
+        (lambda t, r: ([*MLP, *resume(copy_run(r, t)), "epochs=0.001"], t / "copy"),
+         ["epochs=0.001", "step 4"]),
+    "train hf TYPE and model_type= conflict":
+        (lambda t, r: (["train", "hf", "llama", "model_type=gemma2", "steps=2", *o(t)], t / "o"),
+         ["llama", "model_type=gemma2"]),
+    "train out empty": (lambda t, r: ([*MLP, *TINY, "steps=2", "--out", ""], t / "runs"), ["--out", "empty"]),
     "train out is a file": (lambda t, r: ([*MLP, *TINY, "--out", str(write(t / "f", "x"))], t / "f"),
                             ["not a folder"]),
     "train out impossible": (lambda t, r: ([*MLP, *TINY, "--out", "/proc/resnorm-no/run"], NO_SUCH),
@@ -164,6 +194,8 @@ CASES = {
     "compare batch larger than data":
         (lambda t, r: (["compare", "--data", "digits", "batch_size=9999", *o(t)],
                                                      t / "o"), ["batch_size=9999"]),
+    "compare epochs=": (lambda t, r: (["compare", "epochs=1", *o(t)], t / "o"), ["epochs", "--steps"]),
+    "compare data empty": (lambda t, r: (["compare", "--data", "", *o(t)], t / "o"), ["--data", "empty"]),
     "compare out is a file": (lambda t, r: (["compare", "--out", str(write(t / "f", "x"))], t / "f"),
                               ["not a folder"]),
     "compare out impossible":
@@ -178,6 +210,48 @@ CASES = {
     "compare bad depth":
         (lambda t, r: (["compare", "--model", "resnet-cifar", "--depths", "10", *o(t)], t / "o"),
                           ["6n+2"]),
+    "compare into an unfinished study's folder":
+        (lambda t, r: ([*CMP_TINY, "--out", str(_unfinished(t, '{"kind": "study", "study": "he2016"}'))],
+                       t / "u"), ["--overwrite"]),
+    # ---------------------------------------------------------------------------------- study
+    "study unknown name": (lambda t, r: (["study", "he2017", *o(t)], t / "o"), ["he2017", "he2016"]),
+    "study unknown setting": (lambda t, r: ([*DN, "colour=red", *o(t)], t / "o"), ["colour"]),
+    "study bad setting value": (lambda t, r: ([*DN, "layers=x", *o(t)], t / "o"), ["layers"]),
+    "study empty setting": (lambda t, r: (["study", "deepnet2022", "data=", *o(t)], t / "o"), ["data"]),
+    "study not key=value": (lambda t, r: (["study", "deepnet2022", "steps", *o(t)], t / "o"), ["KEY=VALUE"]),
+    "study key twice": (lambda t, r: (["study", "deepnet2022", "steps=2", "steps=3", *o(t)], t / "o"),
+                        ["steps", "twice"]),
+    "study seed= and seeds=": (lambda t, r: ([*DN, "seed=1", "seeds=2", *STUDY_TINY, *o(t)], t / "o"),
+                               ["seed=1", "seeds=2"]),
+    "study epochs=": (lambda t, r: ([*DN, "epochs=1", *STUDY_TINY, *o(t)], t / "o"), ["epochs", "steps="]),
+    "study out empty": (lambda t, r: ([*DN, *STUDY_TINY, "--out", ""], t / "runs"), ["--out", "empty"]),
+    "study a key it sets per run": (lambda t, r: (["study", "xiong2020", "lr=0.1", *o(t)], t / "o"),
+                                    ["lr", "itself"]),
+    "study bad recipe value": (lambda t, r: ([*DN, "dropout=2", *o(t)], t / "o"), ["dropout"]),
+    "study wrong kind of data":
+        (lambda t, r: (["study", "he2016", "data=stdlib", *o(t)], t / "o"), ["stdlib"]),
+    "study data missing": (lambda t, r: (["study", "deepnet2022", "data=no/such.txt", *o(t)], t / "o"),
+                           ["no/such.txt"]),
+    "study text not utf8": (lambda t, r: ([*DN, "data=" + str(write(t / "c.txt", NOT_UTF8)), *STUDY_TINY,
+                                           *o(t)], t / "o"), ["c.txt", "UTF-8"]),
+    "study data empty folder": (lambda t, r: (["study", "he2016", f"data={_mkdir(t / 'd')}", *o(t)], t / "o"),
+                                ["CIFAR-10"]),
+    "study out is a file": (lambda t, r: ([*DN, *STUDY_TINY, "--out", str(write(t / "f", "x"))], t / "f"),
+                            ["not a folder"]),
+    "study out impossible": (lambda t, r: ([*DN, *STUDY_TINY, "--out", "/proc/resnorm-no/s"], NO_SUCH),
+                             ["/proc/resnorm-no"]),
+    "study out not empty": (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out", str(copy_run(r, t))],
+                                          t / "copy"), ["not empty", "--overwrite"]),
+    "study into an unfinished compare folder":
+        (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out",
+                        str(_unfinished(t, '{"kind": "compare", "runs": []}'))], t / "u"), ["--overwrite"]),
+    "study into another unfinished study":
+        (lambda t, r: (["study", "deepnet2022", *STUDY_TINY, "--out",
+                        str(_unfinished(t, '{"kind": "study", "study": "he2016", "runs": []}'))], t / "u"),
+         ["--overwrite"]),
+    "study into a folder with a corrupted study.json":
+        (lambda t, r: ([*DN, *STUDY_TINY, "--out", str(_unfinished(t, NOT_UTF8))], t / "u"),
+         ["--overwrite"]),
     # --------------------------------------------------------------------------------- report
     "report missing": (lambda t, r: (["report", str(t / "none")], t / "none"), ["none"]),
     "report no runs": (lambda t, r: (["report", str(_mkdir(t / "e"))], t / "e"), ["neither a run folder"]),
@@ -189,6 +263,32 @@ CASES = {
                                               t / "copy" / "config.yaml"), ["config.yaml", "YAML"]),
     "report garbage result": (lambda t, r: (["report", str(_put(r, t, "result.json", b"{nope"))],
                                             t / "copy" / "result.json"), ["result.json"]),
+    "report result of wrong types": (lambda t, r: (["report", str(_result_edit(r, t, final="x"))],
+                                                   t / "copy" / "result.json"), ["result.json", "final"]),
+    "report result grad_ratio not a number":
+        (lambda t, r: (["report", str(_result_edit(r, t, grad_ratio="big"))], t / "copy" / "result.json"),
+         ["result.json", "grad_ratio"]),
+    "report metrics step not an integer":
+        (lambda t, r: (["report", str(_put(r, t, "metrics.jsonl", b'{"kind": "train", "step": "a"}\n'
+                                                                 b'{"kind": "train", "step": 2}\n'))],
+                       t / "copy" / "metrics.jsonl"), ["metrics.jsonl:1", "step"]),
+    "report probe values not numbers":
+        (lambda t, r: (["report", str(_put(r, t, "metrics.jsonl", b'{"kind": "probe", "step": 1, '
+                                                                 b'"grad_norm": "x"}\n'))],
+                       t / "copy" / "metrics.jsonl"), ["metrics.jsonl:1", "grad_norm"]),
+    "report config value of a wrong type":
+        (lambda t, r: (["report", str(_put(r, t, "config.yaml", b"model: residual-mlp\ndepth: abc\n"))],
+                       t / "copy" / "config.yaml"), ["config.yaml", "depth"]),
+    "report a plot that is a folder":
+        (lambda t, r: (["report", str(_plot_dir(r, t))], t / "copy" / "loss.png"), ["loss.png"]),
+    "report study runs not a list":
+        (lambda t, r: (["report", str(_study(r, t, '{"runs": 5}'))], t / "s" / "study.json"), ["study.json"]),
+    "report study entry of wrong types":
+        (lambda t, r: (["report", str(_study(r, t, '{"runs": [{"dir": "r", "depth": "x"}]}'))],
+                       t / "s" / "study.json"), ["study.json", "run 0"]),
+    "report study entry dir not a name":
+        (lambda t, r: (["report", str(_study(r, t, '{"runs": [{"dir": 5}]}'))], t / "s" / "study.json"),
+         ["study.json"]),
     "report garbage study":
         (lambda t, r: (["report", str(_study(r, t))], t / "s" / "study.json"), ["study.json"]),
     "report out impossible":
@@ -206,9 +306,15 @@ CASES = {
     "seeds out impossible": (lambda t, r: ([*SEED_MLP, "--out", "/proc/resnorm-no/s"], NO_SUCH),
                              ["/proc/resnorm-no"]),
     # ---------------------------------------------------------------------------------- bench
-    "bench without a GPU": (lambda t, r: (["bench", "--shapes", "4x4"], t / "o"), ["resnorm"]),
+    "bench without a GPU":
+        (lambda t, r: (["bench", "--shapes", "4x4"], t / "o"), ["resnorm: error:", "CUDA"]),
 }
 NO_SUCH = Path("/proc/resnorm-no")
+DN = ["study", "deepnet2022"]
+STUDY_TINY = ["steps=2", "layers=2", "d_model=16", "eval_batches=1", "text_max_chars=20000", "--workers", "1",
+              "--no-progress"]
+CMP_TINY = ["compare", "--designs", "plain", "--depths", "2", "--steps", "2", "--data", "digits", "width=8",
+            "--workers", "1", "--no-progress"]
 SEED_MLP = ["seeds", "--only", "mlp", "--epochs", "0.01"]
 GARBAGE_METRICS = b'{"kind": "x", "step": 1}\nnope\n{}\n'
 
@@ -217,6 +323,8 @@ ARGPARSE_CASES = [
     [], ["frobnicate"], ["train"], ["compare", "--model", "lstm"], ["compare", "--workers", "0"],
     ["compare", "--steps", "-3"], ["seeds", "--only", "both"], ["seeds", "--epochs", "0"], ["report"],
     ["train", "residual-mlp", "--bogus"], ["bench", "--ops", "add_nothing"], ["bench", "--shapes", "4by4"],
+    ["study"], ["study", "he2016", "--quick", "--full"], ["study", "he2016", "--workers", "0"],
+    ["study", "he2016", "--bogus"],
 ]
 
 
@@ -238,6 +346,37 @@ def _ckpt(run: Path, tmp: Path, content: bytes | None) -> Path:
     return target
 
 
+def _ckpt_edit(run: Path, tmp: Path, **entries) -> Path:
+    """A copy of the run whose checkpoint loads but holds wrong entries (None: the entry is missing)."""
+    import torch
+
+    target = copy_run(run, tmp)
+    state = torch.load(target / "checkpoint.pt", weights_only=True)
+    for key, value in entries.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    torch.save(state, target / "checkpoint.pt")
+    return target
+
+
+def _metrics_dir(run: Path, tmp: Path) -> Path:
+    target = copy_run(run, tmp)
+    (target / "metrics.jsonl").unlink()
+    (target / "metrics.jsonl" / "x").mkdir(parents=True)
+    return target
+
+
+def _unfinished(tmp: Path, study_json: str | bytes) -> Path:
+    """A folder another command left unfinished: its study.json, no summary.txt, a run folder and a file."""
+    folder = _mkdir(tmp / "u")
+    write(folder / "study.json", study_json)
+    write(folder / "plain-d2" / "metrics.jsonl", '{"kind": "train", "step": 1, "loss": 1.0}\n')
+    write(folder / "notes.txt", "mine")
+    return folder
+
+
 def _bad_config(run: Path, tmp: Path) -> Path:
     target = copy_run(run, tmp)
     (target / "config.yaml").write_text("depth: [2\n")
@@ -250,11 +389,25 @@ def _put(run: Path, tmp: Path, name: str, content: bytes) -> Path:
     return target
 
 
-def _study(run: Path, tmp: Path) -> Path:
+def _study(run: Path, tmp: Path, text: str = '{"runs": [') -> Path:
     study = _mkdir(tmp / "s")
     shutil.copytree(run, study / "r")
-    (study / "study.json").write_text('{"runs": [')
+    (study / "study.json").write_text(text)
     return study
+
+
+def _result_edit(run: Path, tmp: Path, **fields) -> Path:
+    target = copy_run(run, tmp)
+    result = json.loads((target / "result.json").read_text())
+    (target / "result.json").write_text(json.dumps({**result, **fields}))
+    return target
+
+
+def _plot_dir(run: Path, tmp: Path) -> Path:
+    target = copy_run(run, tmp)
+    (target / "loss.png").unlink(missing_ok=True)
+    (target / "loss.png" / "mine").mkdir(parents=True)
+    return target
 
 
 def _garbage_idx(tmp: Path) -> Path:
@@ -271,7 +424,8 @@ def _seed_folder(run: Path, tmp: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_error_paths_are_one_line_exit_2_and_touch_nothing(capsys, tmp_path, finished_run, case):
+def test_error_paths_are_one_line_exit_2_and_touch_nothing(capsys, tmp_path, finished_run, case, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a default output folder (runs/...) would land here
     build, needles = CASES[case]
     argv, watched = build(tmp_path, finished_run)
     before = snapshot(watched)
@@ -297,6 +451,7 @@ def test_argparse_errors_are_exit_2_without_traceback(capsys, argv):
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"], ["compare", "--help"],
+                                  ["study", "--help"],
                                   ["report", "--help"], ["seeds", "--help"], ["bench", "--help"]])
 def test_help_and_version_exit_0(capsys, argv):
     assert main(argv) == 0
@@ -457,3 +612,238 @@ def test_interrupted_compare_exits_130_without_traceback(tmp_path):
             proc.kill()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "resnorm: interrupted (SIGINT)"
+
+
+def test_a_stopped_pool_starts_no_queued_run(tmp_path, monkeypatch):
+    """A worker process takes runs that were queued before the study stopped; once the stop event is set
+    it must not start them (it used to train one until it was killed, leaving a run with no checkpoint)."""
+    import threading
+
+    from resnorm.lab import compare
+
+    plan = compare.plan_study("mlp", compare.parse_designs("plain"), [2], data="digits", steps=2,
+                              out_dir=tmp_path / "s", overrides={"width": 8})
+    stop = threading.Event()
+    stop.set()
+    monkeypatch.setattr(compare, "_STOP", stop)
+    assert compare._train_and_plot(plan[0], False, 1)[1] == "not started"
+    assert not plan[0].run_dir.exists()
+
+
+def test_interrupted_study_exits_130_and_leaves_whole_runs(tmp_path):
+    """Ctrl-C to a study training on two workers: exit 130, one line, every run folder left behind is a
+    stopped run that can be resumed (checkpoint and result); the same study (only) may redo the folder."""
+    from resnorm.lab import compare
+
+    out = tmp_path / "study"
+    settings = ["layers=2", "d_model=16", "eval_batches=1", "text_max_chars=20000", "--no-progress"]
+    proc = _start(["study", "deepnet2022", "steps=1000000", *settings, "--workers", "2", "--out", str(out)],
+                  tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(sum('"train"' in line for line in m.read_text().splitlines()) >= 2
+                      for m in out.glob("*/metrics.jsonl")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "resnorm: interrupted (SIGINT)"
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert runs
+    for run in runs:
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl",
+                                                         "result.json"], run
+        assert json.loads((run / "result.json").read_text())["status"] == "interrupted"
+    assert compare.unfinished_study(out, "study", "deepnet2022")  # the same study redoes it in place
+    assert not compare.unfinished_study(out, "study", "he2016") and not compare.unfinished_study(out)
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_signal_while_the_run_saves_itself_does_not_cut_the_save(tmp_path, interrupted):
+    """SIGTERM arriving while a run writes its last checkpoint and result.json (a scheduler's second
+    signal, a compare worker told to stop) used to abort the save: the run was left with no checkpoint
+    for its last steps and no result.json. The save completes; a completed run then stops the command."""
+    from resnorm.lab import trainer as trainer_module
+    from resnorm.lab.errors import StopRequested
+
+    class Escaped(Exception):
+        pass
+
+    def outside_the_trainer(signum, frame):
+        raise Escaped
+
+    trainer = trainer_module.Trainer(tiny_config(steps=3), tmp_path / "run", progress=False,
+                                     on_step=(lambda step: os.kill(os.getpid(), signal.SIGINT)) if interrupted
+                                     else None)
+    real_save = trainer.save
+
+    def save_with_a_signal(reason, collective=True):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between bytecodes
+            pass
+        return real_save(reason, collective)
+
+    trainer.save = save_with_a_signal
+    previous = signal.signal(signal.SIGTERM, outside_the_trainer)
+    try:
+        if interrupted:
+            result = trainer.fit()
+            assert result.status == "interrupted" and result.stop_signal == "SIGINT"
+        else:
+            with pytest.raises(StopRequested):
+                trainer.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["status"] == ("interrupted" if interrupted else "completed")
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("command", ["compare", "study"])
+def test_an_overwrite_stopped_half_way_is_an_unfinished_study(capsys, tmp_path, monkeypatch, command):
+    """--overwrite on a finished study folder, stopped before its runs are done, used to leave the old
+    summary.txt (and verdict.json): the folder looked finished while it held the new, partial runs."""
+    from resnorm.lab import compare
+    from resnorm.lab.errors import StopRequested
+
+    out = _mkdir(tmp_path / "s")
+    kind = {"kind": "compare"} if command == "compare" else {"kind": "study", "study": "deepnet2022"}
+    (out / "study.json").write_text(json.dumps({**kind, "runs": []}))
+    (out / "summary.txt").write_text("the old outcome")
+    (out / "verdict.json").write_text("{}")
+
+    def stopped(*args, **kwargs):
+        raise StopRequested("SIGTERM")
+
+    monkeypatch.setattr(compare, "train_plan", stopped)
+    argv = CMP_TINY if command == "compare" else [*DN, *STUDY_TINY]
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 143
+    assert not (out / "summary.txt").exists()
+    assert command == "compare" or not (out / "verdict.json").exists()
+    assert compare.unfinished_study(out, command, None if command == "compare" else "deepnet2022")
+
+
+def _named_study(run: Path, tmp: Path, coords: dict) -> Path:
+    """A default-compare study folder around a copy of the finished run (its own report.html kept)."""
+    study = _mkdir(tmp / "named")
+    shutil.copytree(run, study / "plain-d2-s0")
+    write(study / "study.json", json.dumps({
+        "kind": "study", "study": "default-compare", "title": "t", "budget": "quick",
+        "settings": {"data": "digits", "steps": 4, "seeds": [0]}, "overrides": {},
+        "runs": [{"dir": "plain-d2-s0", "design": "plain", "depth": 2, "coords": coords}]}))
+    return study
+
+
+def test_report_on_a_study_folder_keeps_its_claim_and_verdict(capsys, tmp_path, finished_run):
+    """``resnorm report STUDY`` rebuilt a plain report over the study's own report.html: the claim, the
+    verdict and the study's figures were gone."""
+    study = _named_study(finished_run, tmp_path, {"design": "plain", "depth": 2, "seed": 0})
+    assert main(["report", str(study)]) == 0, capsys.readouterr().err
+    html = (study / "report.html").read_text()
+    assert "Verdict" in html and "resnorm study default-compare" in html
+    broken = _named_study(finished_run, tmp_path / "b", {"depth": 2})  # coordinates of another study
+    before = snapshot(broken / "study.json")
+    assert main(["report", str(broken)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("resnorm: error:") and "study.json" in err[0]
+    assert snapshot(broken / "study.json") == before
+
+
+@pytest.mark.parametrize(("exitcode", "status", "words"), [
+    (-9, 2, ["worker", "SIGKILL", "memory"]), (-15, 143, ["interrupted (SIGTERM)"])])
+def test_a_worker_that_dies_is_one_line(capsys, tmp_path, monkeypatch, exitcode, status, words):
+    """A worker process killed from outside (the system out of memory: SIGKILL) used to end compare with
+    a BrokenProcessPool traceback; one killed by SIGTERM is a stop (143)."""
+    import concurrent.futures
+    from concurrent.futures.process import BrokenProcessPool
+
+    class Dead:
+        exitcode = None
+
+        def join(self, timeout=None):
+            self.exitcode = exitcode
+
+        def is_alive(self):
+            return False
+
+    class BrokenPool:
+        def __init__(self, *args, **kwargs):
+            self._processes = {1: Dead()}
+
+        def submit(self, *args, **kwargs):
+            future = concurrent.futures.Future()
+            future.set_exception(BrokenProcessPool("A process in the process pool was terminated abruptly"))
+            return future
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", BrokenPool)
+    argv = [*CMP_TINY, "--designs", "plain,pre-norm", "--workers", "2", "--out", str(tmp_path / "s")]
+    assert main(argv) == status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0] and all(w in err[0] for w in words), err
+
+
+def test_study_measurements_are_strict_json(capsys, tmp_path, monkeypatch):
+    """measurements.json used to hold bare NaN/Infinity (not JSON for most tools), like metrics.jsonl did."""
+    import math
+
+    from resnorm.lab import compare
+    from resnorm.lab.errors import StopRequested
+    from resnorm.lab.studies import deepnet2022
+    from resnorm.lab.studies.runner import load_outcomes
+
+    def stopped(*args, **kwargs):
+        raise StopRequested("SIGINT")
+
+    monkeypatch.setattr(deepnet2022.DeepNet2022, "measure",
+                        lambda self, *args, **kwargs: {"grad": [1.0, math.nan], "peak": math.inf})
+    monkeypatch.setattr(compare, "train_plan", stopped)
+    out = tmp_path / "s"
+    assert main([*DN, *STUDY_TINY, "--out", str(out)]) == 130
+
+    def refuse(constant):
+        raise AssertionError(f"not strict JSON: {constant}")
+
+    json.loads((out / "measurements.json").read_text(), parse_constant=refuse)
+    _, measurements = load_outcomes(out)
+    assert measurements["grad"][0] == 1.0 and math.isnan(measurements["grad"][1])
+    assert measurements["peak"] == math.inf
+
+
+def test_report_on_a_folder_whose_name_is_not_utf8(capsys, tmp_path, finished_run):
+    """A folder name with bytes that are not UTF-8 (made outside Python) ended report with a matplotlib
+    TypeError traceback: the run's name goes into plot titles and the HTML."""
+    run = tmp_path / os.fsdecode(b"run-\xff")
+    shutil.copytree(finished_run, run)
+    assert main(["report", str(run)]) == 0, capsys.readouterr().err
+    assert "run-\ufffd" in (run / "report.html").read_text(encoding="utf-8")
+
+
+def test_ctrl_c_while_the_command_line_is_read_exits_130(capsys, monkeypatch):
+    """Ctrl-C while the parser is built (it imports the lab's registry and studies) printed a
+    KeyboardInterrupt traceback and exited -2."""
+    import resnorm.cli as cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["train", "residual-mlp"]) == 130
+    assert capsys.readouterr().err.strip() == "resnorm: interrupted (SIGINT)"
+
+
+def test_resume_removes_what_a_killed_save_left(capsys, tmp_path, finished_run):
+    """SIGKILL while checkpoint.pt was written leaves the atomic write's temporary file (as large as the
+    checkpoint) beside it; resuming the run cleans it up, and other files stay."""
+    run = copy_run(finished_run, tmp_path)
+    write(run / ".checkpoint.pt.x1y2z3.tmp", b"half a checkpoint")
+    write(run / ".mine.tmp", b"the user's")
+    code = main([*MLP, "--out", str(run), "--resume", "steps=5", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    assert not (run / ".checkpoint.pt.x1y2z3.tmp").exists() and (run / ".mine.tmp").is_file()

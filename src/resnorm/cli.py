@@ -337,7 +337,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                  out_dir=args.out, overwrite=args.overwrite, progress=not args.no_progress,
                                  overrides=overrides, workers=args.workers, echo=print)
     print(result.summary or summary.format_summary_table(result.rows, notes=True))
-    print(f"\nreport: {result.report}")
+    print(f"\nreport: {_shown(result.report)}")
     return EXIT_OK
 
 
@@ -355,7 +355,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(result.line)
     for note in result.verdict.notes:
         print(f"  note: {note}")
-    print(f"\nwall time {result.wall_s:.0f} s; report: {result.report}")
+    print(f"\nwall time {result.wall_s:.0f} s; report: {_shown(result.report)}")
     return EXIT_OK
 
 
@@ -369,6 +369,9 @@ def _train_config(args: argparse.Namespace, out: Path | None):
     family = registry.get(args.model)
     model_type, config_path, overrides = _split_settings(args.settings, family)
     if model_type is not None:
+        given = _parse_key_values(overrides).get("model_type")
+        if given is not None and given != model_type:
+            raise _usage_error(f"MODEL_TYPE {model_type} and model_type={given} conflict; give the type once")
         overrides = [f"model_type={model_type}", *overrides]
     if not args.resume:
         if family.model_types is not None and model_type is None:  # the type is never implicit here
@@ -415,8 +418,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = trainer.fit()
     if trainer.already_finished is not None:
         if rank0:
-            print(f"{out}: the run is already complete ({result.steps} of {result.total_steps} steps); "
-                  "nothing to do (give steps=N with a larger N to train on)")
+            print(f"{_shown(out)}: the run is already complete ({result.steps} of {result.total_steps} "
+                  "steps); nothing to do (give steps=N with a larger N to train on)")
         return EXIT_OK
     if result.status == "interrupted":
         code = EXIT_SIGTERM if result.stop_signal == "SIGTERM" else EXIT_SIGINT
@@ -432,7 +435,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     study = config.family.study  # a family's own columns (hf: step time and peak memory)
     print(summary.format_summary_table([row], notes=True, columns=study.columns if study else None))
     print(f"\nrecipe: {recipe_summary(config)}")  # the defaults a run used are no secret
-    print(f"status: {result.status} after {result.steps} steps; run folder: {out}\nreport: {html}")
+    print(f"status: {result.status} after {result.steps} steps; run folder: {_shown(out)}\n"
+          f"report: {_shown(html)}")
     return EXIT_OK
 
 
@@ -440,13 +444,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     from resnorm.lab import report, summary
 
     runs = [report.load_run(p, d, depth) for p, d, depth in report.find_run_dirs(args.paths)]
-    out = report.build_report(args.paths, args.out, title=args.title, progress=True)
+    if len(args.paths) == 1 and _named_study(Path(args.paths[0])):  # keep the claim and the verdict
+        from resnorm.lab.studies.runner import rebuild_report
+
+        out = rebuild_report(args.paths[0], args.out, title=args.title)
+    else:
+        out = report.build_report(args.paths, args.out, title=args.title, progress=sys.stderr.isatty())
     families = {r.family.name if r.family else None for r in runs}  # one family: its study's columns
     study = runs[0].family.study if len(families) == 1 and None not in families else None
     print(summary.format_summary_table([summary.summarize(r) for r in runs], notes=True,
                                        columns=study.columns if study else None))
-    print(f"\nreport: {out}")
+    print(f"\nreport: {_shown(out)}")
     return EXIT_OK
+
+
+def _named_study(path: Path) -> bool:
+    """A folder written by ``resnorm study`` (its study.json says so)."""
+    from resnorm.lab.runfolder import METRICS_FILE, read_study
+
+    if not path.is_dir() or (path / METRICS_FILE).is_file():
+        return False
+    meta = read_study(path)
+    return meta is not None and meta.get("kind") == "study"
 
 
 def cmd_seeds(args: argparse.Namespace) -> int:
@@ -462,7 +481,7 @@ def cmd_seeds(args: argparse.Namespace) -> int:
                               resnet_data=settings.get("data", "mnist5k"), overwrite=args.overwrite,
                               progress=not args.no_progress)
     print(seeds.format_results(results))
-    print(f"\nruns: {out}")
+    print(f"\nruns: {_shown(out)}")
     return EXIT_OK
 
 
@@ -515,6 +534,13 @@ def _parse_key_values(items: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _shown(path: object) -> str:
+    """A path as text any terminal takes (bytes of a file name that are not UTF-8 as U+FFFD)."""
+    from resnorm.lab.runfolder import printable
+
+    return printable(str(path))
+
+
 def _timestamp() -> str:
     return _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -541,8 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["bench"]:
         # everything after "bench" belongs to resnorm.lab.bench, options (and --help) included
         return _run(cmd_bench, argparse.Namespace(bench_args=argv[1:]))
-    parser = build_parser()
     try:
+        parser = build_parser()  # imports the lab's registry and studies: Ctrl-C may land here
         args, extra = parser.parse_known_args(argv)
         # KEY=VALUE settings may also follow the options (resnorm train gpt --out r --resume steps=900)
         positional = next((name for name in ("settings", "overrides") if hasattr(args, name)), None)
@@ -552,6 +578,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.parse_args(argv)  # argparse's own "unrecognized arguments" error
     except SystemExit as exc:  # --help / --version (0) and argparse's usage errors (2)
         return int(exc.code or 0) if not isinstance(exc.code, str) else _error(exc.code)
+    except KeyboardInterrupt:
+        print("resnorm: interrupted (SIGINT)", file=sys.stderr)
+        return EXIT_SIGINT
+    empty = [name for name in ("out", "data") if getattr(args, name, None) == ""]
+    if empty:  # "--out $DIR" with DIR unset would otherwise write to the default folder
+        what = "folder" if empty[0] == "out" else "dataset"
+        return _error(f"--{empty[0]} is empty; give a {what} or leave the option out")
     return _run(args.func, args)
 
 

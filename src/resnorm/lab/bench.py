@@ -160,7 +160,9 @@ def write_results(result: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = _file_stem(result["device"])
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(result, indent=1) + "\n")
+    from resnorm.lab.runfolder import encode_json
+
+    json_path.write_text(encode_json(result, indent=1) + "\n")  # strict JSON: a NaN is written as null
     md_path.write_text(format_markdown(result))
     return json_path, md_path
 
@@ -412,13 +414,14 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``resnorm bench`` and ``benchmarks/add_norm.py``; returns the exit status."""
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        print("resnorm bench: no CUDA device found; the benchmark needs an NVIDIA GPU (nothing was run).",
-              file=sys.stderr)
+        print("resnorm: error: bench: no CUDA device found; the benchmark needs an NVIDIA GPU "
+              "(nothing was run)", file=sys.stderr)
         return 2
     try:
         import triton  # noqa: F401
     except ImportError:
-        print("resnorm bench: Triton is not installed; pip install 'resnorm[triton]'.", file=sys.stderr)
+        print("resnorm: error: bench: Triton is not installed; pip install 'resnorm[triton]'",
+              file=sys.stderr)
         return 2
     if args.tune:
         import triton
@@ -439,4 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"warning: {len(bad)} implementation(s) disagree with resnorm beyond {CHECK_ATOL}",
               file=sys.stderr)
-    return 0 if not math.isnan(result["copy_GBps"]) else 1
+    if math.isnan(result["copy_GBps"]):  # the resnorm command's statuses: 0, 2, 130, 143
+        print("resnorm: error: bench: the copy-bandwidth reference could not be measured (NaN); the "
+              "percentages of it are missing", file=sys.stderr)
+        return 2
+    return 0

@@ -21,9 +21,10 @@ be overridden that way: giving them is an error that names the option to use.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,10 @@ from resnorm.lab.config import (
     recipe_summary,
 )
 from resnorm.lab.designs import DESIGNS, Design, in_order, name_for, parse_designs
-from resnorm.lab.errors import ConfigError, RunFolderExistsError, StopRequested
+from resnorm.lab.errors import ConfigError, RunFolderError, RunFolderExistsError, StopRequested, WorkerError
 from resnorm.lab.files import atomic_write_text
 from resnorm.lab.registry import design_name
-from resnorm.lab.runfolder import STUDY_FILE, is_nonempty_dir, write_study
+from resnorm.lab.runfolder import STUDY_FILE, is_nonempty_dir, read_study, write_study
 
 __all__ = [
     "Design",
@@ -185,7 +186,7 @@ class StudyResult:
 
 def _study_keys(family: registry.ModelFamily) -> dict[str, str]:
     """Config keys the study sets itself -> the option that sets them."""
-    keys = {"model": "--model", "data": "--data", "steps": "--steps", "seed": "--seed"}
+    keys = {"model": "--model", "data": "--data", "steps": "--steps", "epochs": "--steps", "seed": "--seed"}
     if family.model_types is not None:
         keys["model_type"] = "--model"
     if family.depth_field:
@@ -281,11 +282,21 @@ def _typed(overrides: dict) -> dict[str, Any]:
     return typed
 
 
-def unfinished_study(out_dir: str | Path) -> bool:
-    """A study folder whose study failed or was interrupted (``study.json`` but no ``summary.txt``): the
-    retry may reuse it without ``overwrite`` (its runs are trained again)."""
+def unfinished_study(out_dir: str | Path, kind: str = "compare", name: str | None = None) -> bool:
+    """A study folder whose study failed or was interrupted (``study.json`` but no ``summary.txt``) and
+    that the same command made (``kind``: ``compare`` or ``study``; ``name``: the study's name): the retry
+    may reuse it without ``overwrite`` (its runs are trained again). A folder of another command or
+    study, or with an unreadable ``study.json``, is not: redoing it would replace what it holds."""
     out_dir = Path(out_dir)
-    return (out_dir / STUDY_FILE).is_file() and not (out_dir / SUMMARY_FILE).exists()
+    if not (out_dir / STUDY_FILE).is_file() or (out_dir / SUMMARY_FILE).exists():
+        return False
+    try:
+        meta = read_study(out_dir)
+    except RunFolderError:
+        return False
+    if not isinstance(meta, dict) or meta.get("kind", "compare") != kind:
+        return False
+    return name is None or meta.get("study") == name
 
 
 def validate_study_data(plan: Sequence[StudyPlanItem]) -> None:
@@ -382,12 +393,14 @@ def run_compare(
                              cli=f"output folder {out_dir} already exists and is not empty; "
                                  "choose another --out or give --overwrite")
     validate_study_data(plan)
-    overwrite = overwrite or unfinished_study(out_dir)  # a failed or interrupted study is redone
+    overwrite = overwrite or unfinished_study(out_dir)  # a failed or interrupted compare is redone
     echo = echo if echo is not None else (print if progress else None)
     if echo is not None:
         for line in recipe_lines(plan, model):
             echo(line)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # the finished marker goes first: an overwrite stopped half way is an unfinished compare
+        (out_dir / SUMMARY_FILE).unlink(missing_ok=True)
     family = registry.by_study_alias(model)
     study = {
         "kind": "compare",
@@ -486,14 +499,19 @@ def _train_and_plot(item: StudyPlanItem, overwrite: bool, threads: int) -> tuple
 
     from resnorm.lab import report, trainer
 
+    global _BUSY
+    if _STOP is not None and _STOP.is_set():  # the study was stopped: start no further run
+        return str(item.run_dir), "not started", None
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    _BUSY = True
     try:
         result = trainer.train(item.config, item.run_dir, overwrite=overwrite, progress=False)
+        if result.status != "interrupted":
+            report.build_run_plots(report.load_run(item.run_dir, item.design.name, item.depth))
     finally:
+        _BUSY = False
         torch.set_num_threads(previous)
-    if result.status != "interrupted":
-        report.build_run_plots(report.load_run(item.run_dir, item.design.name, item.depth))
     return str(item.run_dir), result.status, result.stop_signal
 
 
@@ -503,35 +521,107 @@ def _stop_if_interrupted(outcome: tuple[str, str, str | None]) -> None:
         raise StopRequested(stop_signal or "SIGINT")
 
 
-def _worker_init() -> None:
+_STOP = None  # in a worker: the pool's stop event (set by the main process when the study stops)
+_BUSY = False  # in a worker: a run is being set up, trained or plotted
+
+
+def _worker_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM in a worker: an idle worker ends at once and quietly; one busy with a run stops it the
+    way the main process would (a run being set up removes what it wrote; a training run saves)."""
+    import os
+
+    if not _BUSY:
+        os._exit(128 + signum)
+    raise StopRequested("SIGTERM")
+
+
+def _worker_init(stop=None) -> None:
     """Workers leave Ctrl-C to the main process (which stops them with SIGTERM): no tracebacks from
-    idle workers. A run in progress handles SIGTERM itself: it stops after its step and saves."""
+    idle workers. A run in progress handles SIGTERM itself: it stops after its step and saves; one
+    being set up stops before it writes anything. ``stop`` (an event) keeps a worker from starting a
+    run that was already queued when the study stopped."""
     import signal
 
+    global _STOP
+    _STOP = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
 
 
 def _run_parallel(plan, overwrite: bool, threads: int, workers: int, bar) -> None:
     """The plan on a pool of spawned processes, deepest runs first (they take longest)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
 
     order = sorted(plan, key=lambda item: -item.depth)
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(plan)),
-                               mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(plan)), mp_context=context,
+                               initializer=_worker_init, initargs=(stop,))
+    processes = []
     try:
-        pending = {pool.submit(_train_and_plot, item, overwrite, threads) for item in order}
+        with _sigint_ignored():  # workers start with Ctrl-C ignored: none dies with a traceback mid-import
+            pending = {pool.submit(_train_and_plot, item, overwrite, threads) for item in order}
+        processes = list(getattr(pool, "_processes", {}).values())
         while pending:
             # each finished run advances the bar; a worker's error is re-raised at once
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                _stop_if_interrupted(future.result())
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    raise _worker_died(processes) from None
+                _stop_if_interrupted(outcome)
                 if bar is not None:
                     bar.update()
     except BaseException:
+        stop.set()  # before the workers are told to stop: a run already queued must not start
         _stop_workers(pool)
         raise
     pool.shutdown(wait=True)
+
+
+def _worker_died(processes: Sequence[Any]) -> BaseException:
+    """What a worker process that ended abruptly means: a stop (SIGTERM/SIGINT reached it too) or a
+    ``WorkerError`` naming how it ended (SIGKILL: most often the system out of memory)."""
+    import signal
+
+    codes = []
+    for process in processes:
+        process.join(1.0)
+        if process.exitcode is not None:
+            codes.append(process.exitcode)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if -sig in codes or 128 + sig in codes:
+            return StopRequested(signal.Signals(sig).name)
+    def ended(code: int) -> str:
+        try:
+            return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        except ValueError:
+            return f"exit status {code}"
+
+    how = ", ".join(ended(c) for c in codes if c != 0) or "ended abruptly"
+    return WorkerError(f"a worker process training the runs died ({how}; SIGKILL is most often the system "
+                       "running out of memory); the runs it finished are kept: run the same command again "
+                       "to redo the rest, or give --workers 1")
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while worker processes are started (a process inherits an ignored signal, and
+    Python then installs no KeyboardInterrupt handler); the main process's handler comes back after."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def _stop_workers(pool, timeout: float = 10.0) -> None:

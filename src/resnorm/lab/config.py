@@ -378,9 +378,25 @@ def config_for(model: str, **fields: Any) -> TrainConfig:
     return from_dict({**family.defaults, "model": model, **fields})
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: the base class says what is wrong with it
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """A YAML file that must hold a mapping; a ``ConfigError`` naming the file when it is missing,
-    not UTF-8 text, not YAML, or not a mapping."""
+    """A YAML file that must hold a mapping with string keys, each once; a ``ConfigError`` naming the
+    file when it is missing, not UTF-8 text, not YAML, or not such a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -389,7 +405,7 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a YAML file (not UTF-8 text)") from None
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -399,6 +415,9 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a YAML mapping of key: value, got {type(loaded).__name__}")
+    odd = [k for k in loaded if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{path}: the key {odd[0]!r} is not a setting's name (expected name: value)")
     return loaded
 
 

@@ -12,7 +12,7 @@ A message may exist in two wordings: the API's (``resume=True``) and the command
 from __future__ import annotations
 
 __all__ = ["LabError", "ConfigError", "RunFolderError", "RunFolderExistsError", "NothingToResumeError",
-           "StopRequested"]
+           "WorkerError", "StopRequested"]
 
 
 class LabError(ValueError):
@@ -38,6 +38,11 @@ class RunFolderExistsError(RunFolderError, FileExistsError):
 
 class NothingToResumeError(RunFolderError, FileNotFoundError):
     """Resuming was asked, but the run folder has no checkpoint (or does not exist)."""
+
+
+class WorkerError(LabError):
+    """A worker process of ``compare`` or ``study`` died (killed by the system, most often for memory):
+    not a bug in resnorm, and not a stop the user asked for; the message says how it ended."""
 
 
 class StopRequested(KeyboardInterrupt):

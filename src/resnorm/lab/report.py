@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import html
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -27,7 +27,7 @@ import yaml
 from resnorm.lab import plots
 from resnorm.lab.designs import in_order
 from resnorm.lab.errors import ConfigError, RunFolderError
-from resnorm.lab.runfolder import METRICS_FILE, RunData, find_run_dirs, load_run, read_study
+from resnorm.lab.runfolder import METRICS_FILE, RunData, find_run_dirs, load_run, printable, read_study
 from resnorm.lab.summary import (
     COLUMNS,
     SUMMARY_COLUMNS,
@@ -120,13 +120,21 @@ def build_report(
                              cli=f"--out {out} is a folder; give the HTML file to write")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    iterator: Iterable[RunData] = runs
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(runs, desc="plots", unit="run", leave=False)
-    run_images = {run.path: (build_run_plots(run) if rebuild_run_plots or not _plots_fresh(run)
-                             else {name: run.path / name for name in RUN_PLOTS}) for run in iterator}
+        bar = tqdm(total=len(runs), desc="plots", unit="run", leave=False)
+    run_images = {}
+    try:
+        for run in runs:
+            run_images[run.path] = (build_run_plots(run) if rebuild_run_plots or not _plots_fresh(run)
+                                    else {name: run.path / name for name in RUN_PLOTS})
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:  # cleared before an error is printed
+            bar.close()
     study_images = build_study_plots(runs, out.parent) if len(runs) > 1 else {}
     html_text = render_html(runs, run_images, study_images, title=title or _default_title(runs, paths),
                             preface_html=preface_html, extra_images=extra_images)
@@ -191,7 +199,8 @@ def render_html(
     parts.append("<h2>Configurations</h2>")
     for run in runs:
         config_text = yaml.safe_dump(run.config, sort_keys=True) if run.config else "(no config.yaml)"
-        parts.append(f"<details><summary>{html.escape(run.name)} — {html.escape(str(run.path))}</summary>"
+        where = html.escape(printable(str(run.path)))
+        parts.append(f"<details><summary>{html.escape(run.name)} — {where}</summary>"
                      f"<pre>{html.escape(config_text)}</pre></details>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

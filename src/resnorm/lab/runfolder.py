@@ -15,7 +15,8 @@ A run folder (``resnorm train``, one per run of ``resnorm compare``) holds:
 
 Files are written with the permissions the process's umask gives new files (0644 under the usual
 022), like the plots and reports beside them. Anything unreadable (truncated, binary, not JSON/YAML, not a
-checkpoint) raises ``RunFolderError`` naming the file and the problem, and the file is left as it is.
+checkpoint, or a known field holding a value of the wrong type) raises ``RunFolderError`` naming the
+file and the problem, and the file is left as it is.
 
 ``load_run`` parses a folder into ``RunData`` for plots and reports; ``find_run_dirs`` expands study
 folders (``study.json``, written by ``resnorm compare``) into their runs.
@@ -32,7 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from resnorm.lab import registry
-from resnorm.lab.config import TrainConfig, from_dict, read_yaml_mapping, save_config
+from resnorm.lab.config import (
+    TrainConfig,
+    canonical_keys,
+    field_names,
+    from_dict,
+    read_yaml_mapping,
+    save_config,
+)
 from resnorm.lab.errors import ConfigError, RunFolderError
 from resnorm.lab.files import atomic_torch_save, atomic_write_text, file_mode
 
@@ -41,8 +49,8 @@ __all__ = [
     "FORMAT_VERSION", "RunResult", "RunData", "MetricsWriter", "write_config", "read_config",
     "read_metrics", "group_metrics", "truncate_metrics", "encode_json", "decode_json", "write_result",
     "read_result", "save_checkpoint", "load_checkpoint", "has_checkpoint", "is_nonempty_dir",
-    "clear_run_files", "load_run", "find_run_dirs", "read_study", "write_study", "atomic_write_text",
-    "atomic_torch_save", "file_mode",
+    "clear_run_files", "remove_stale_temporaries", "load_run", "find_run_dirs", "read_study", "write_study",
+    "atomic_write_text", "atomic_torch_save", "file_mode", "printable",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -174,9 +182,35 @@ def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, An
             raise RunFolderError(f"{path}:{number}: not a JSON object (the file is corrupted)")
         if not isinstance(record, dict) or "kind" not in record:
             raise RunFolderError(f"{path}:{number}: expected a JSON object with a 'kind' field")
+        problem = _record_problem(record)
+        if problem:
+            raise RunFolderError(f"{path}:{number}: {problem} (the file is corrupted)")
         if kind is None or record.get("kind") == kind:
             out.append(decode_json(record))
     return out
+
+
+_RECORD_NUMBERS = ("loss", "lr", "grad_norm", "acc", "epoch", "time_s", "global_grad_norm")
+_RECORD_LISTS = ("grad_norm", "act_rms", "update_ratio", "attn_entropy")
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with the types of a metrics record's known fields (None when nothing is)."""
+    if not isinstance(record["kind"], str):
+        return "'kind' is not a string"
+    if _wrong_type(record.get("step"), (int,)):
+        return f"'step' is not an integer: {record['step']!r}"
+    probe = record["kind"] == "probe"
+    for key in _RECORD_NUMBERS:
+        if key in record and not (probe and key in _RECORD_LISTS) and _wrong_type(record[key], _NUMBER):
+            return f"{key!r} is not a number: {record[key]!r}"
+    if probe:
+        for key in _RECORD_LISTS:
+            value = record.get(key)
+            if value is not None and (not isinstance(value, list) or
+                                      any(_wrong_type(v, _NUMBER) for v in value)):
+                return f"{key!r} is not a list of numbers"
+    return None
 
 
 def group_metrics(records: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -324,12 +358,35 @@ def write_result(result: RunResult, run_dir: str | Path | None = None) -> None:
     atomic_write_text(encode_json(result.to_json(), indent=2) + "\n", path)
 
 
+_NUMBER = (int, float)
+_RESULT_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,), "verdict": (str,), "stop_signal": (str,), "steps": (int,), "total_steps": (int,),
+    "diverged_step": (int,), "final": (dict,), "config": (dict,), "grad_ratio": _NUMBER,
+    "grad_ratio_first": _NUMBER, "grad_ratio_last": _NUMBER, "wall_s": _NUMBER, "baseline_loss": _NUMBER,
+    "step_time_s": _NUMBER, "peak_memory_mib": _NUMBER,
+}
+
+
+def _wrong_type(value: Any, types: tuple[type, ...]) -> bool:
+    """Not None and not one of ``types`` (a bool is no number)."""
+    return value is not None and (not isinstance(value, types) or isinstance(value, bool))
+
+
 def read_result_dict(run_dir: str | Path) -> dict[str, Any] | None:
-    """The parsed ``result.json`` of a run folder (None when the run has not finished)."""
+    """The parsed ``result.json`` of a run folder (None when the run has not finished); a known field of
+    the wrong type (``"steps": "x"``, ``"final": 3``) is a ``RunFolderError`` naming the file."""
     path = Path(run_dir) / RESULT_FILE
     if not path.is_file():
         return None
-    return _read_json_object(path, "result file")
+    data = _read_json_object(path, "result file")
+    wrong = [k for k, types in _RESULT_TYPES.items() if _wrong_type(data.get(k), types)]
+    final = data.get("final")
+    if not wrong and isinstance(final, dict):
+        wrong = [f"final.{k}" for k, v in final.items() if _wrong_type(v, _NUMBER)]
+    if wrong:
+        raise RunFolderError(f"{path}: not a valid result file (a wrong value for {', '.join(wrong)}; "
+                             "the file is corrupted)")
+    return data
 
 
 def read_result(run_dir: str | Path) -> RunResult:
@@ -349,7 +406,13 @@ def read_result(run_dir: str | Path) -> RunResult:
 # ----------------------------------------------------------------------------------------------
 # checkpoint.pt
 
-CHECKPOINT_KEYS = ("format", "step", "config", "model", "optimizer", "rng")
+CHECKPOINT_KEYS = ("format", "step", "config", "model", "optimizer", "rng", "spikes", "grad_ratios",
+                   "elapsed_s")
+# what each entry must be: a checkpoint that loads but holds something else is corrupted as well
+_CHECKPOINT_TYPES: dict[str, tuple[type, ...]] = {
+    "step": (int,), "config": (dict,), "model": (dict,), "optimizer": (dict,), "rng": (list, tuple),
+    "spikes": (dict,), "grad_ratios": (list, tuple), "elapsed_s": (int, float),
+}
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> None:
@@ -401,6 +464,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
         raise RunFolderError(f"{path}: not a complete resnorm checkpoint (missing {', '.join(missing)})")
+    wrong = [k for k, types in _CHECKPOINT_TYPES.items()
+             if not isinstance(state[k], types) or isinstance(state[k], bool)]
+    if not wrong and state["step"] < 0:
+        wrong = ["step"]
+    if not wrong and not (state["rng"] and all(isinstance(r, dict) for r in state["rng"])):
+        wrong = ["rng"]
+    if wrong:
+        raise RunFolderError(f"{path}: not a valid resnorm checkpoint (a wrong value for {', '.join(wrong)}; "
+                             "the file is corrupted)")
     return state
 
 
@@ -417,11 +489,23 @@ def is_nonempty_dir(path: str | Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
+def remove_stale_temporaries(run_dir: str | Path) -> None:
+    """Remove the temporary files of atomic writes that a killed process left (``.checkpoint.pt.*.tmp``:
+    a run killed with SIGKILL while it saved); only those of the run's own files."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.glob(".*.tmp"):
+        if path.is_file() and any(path.name.startswith(f".{name}.") for name in RUN_FILES):
+            path.unlink(missing_ok=True)
+
+
 def clear_run_files(run_dir: str | Path) -> None:
     """Remove the files a run writes (and only those): the run files, ``tb/`` and the plots/report."""
     run_dir = Path(run_dir)
     for name in (*RUN_FILES, "report.html", "loss.png", "grad_norm.png", "act_rms.png"):
         (run_dir / name).unlink(missing_ok=True)
+    remove_stale_temporaries(run_dir)
     shutil.rmtree(run_dir / TB_DIR, ignore_errors=True)
 
 
@@ -456,13 +540,39 @@ def load_run(path: str | Path, design: str | None = None, depth: int | None = No
     if not (path / METRICS_FILE).is_file():
         raise RunFolderError(f"not a run folder: {path} (no {METRICS_FILE} in it)")
     config = read_yaml_mapping(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else {}
+    _check_saved_config(path / CONFIG_FILE, config)
     result = read_result_dict(path) or {}
     groups = group_metrics(read_metrics(path / METRICS_FILE))
     if depth is None:
         depth = _depth_of(config, groups["probe"])
-    return RunData(path=path, name=path.name, config=config, design=design or registry.design_name(config),
+    return RunData(path=path, name=printable(path.name), config=config,
+                   design=design or registry.design_name(config),
                    depth=depth, train=groups["train"], val=groups["val"], probes=groups["probe"],
                    events=groups["event"], result=result)
+
+
+def _check_saved_config(path: Path, config: dict) -> None:
+    """The known keys of a saved config of a known model must hold valid values (a ``RunFolderError``
+    naming the file otherwise); keys this version does not know are left alone."""
+    if config.get("model") not in registry.names():
+        return
+    known = {k: v for k, v in canonical_keys(config).items() if k in field_names()}
+    try:
+        from_dict(known)
+    except ConfigError as err:
+        raise RunFolderError(f"{path}: {err}") from None
+    family = registry.get(config["model"])
+    try:
+        family.depth_of(known)
+    except (TypeError, ValueError):
+        raise RunFolderError(f"{path}: {family.depth_field}={known[family.depth_field]!r} is not an "
+                             "integer") from None
+
+
+def printable(text: str) -> str:
+    """``text`` (a file name) with bytes that are not UTF-8 shown as U+FFFD: names of folders made
+    outside Python may hold them, and plots, HTML and the terminal need real text."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _depth_of(config: dict, probes: list[dict]) -> int | None:
@@ -488,6 +598,26 @@ def read_study(out_dir: str | Path) -> dict[str, Any] | None:
     return _read_json_object(path, "study file")
 
 
+def _study_entries(path: Path, study: dict[str, Any]) -> list[tuple[str, str | None, int | None]]:
+    """``(dir, design, depth)`` of each run a ``study.json`` lists; a ``RunFolderError`` naming the file
+    when an entry is not ``{"dir": "name", "design": str, "depth": int}`` (design and depth optional)."""
+    runs = study.get("runs") or []
+    where = path / STUDY_FILE
+    if not isinstance(runs, list):
+        raise RunFolderError(f"{where}: 'runs' is not a list (the file is corrupted)")
+    entries = []
+    for i, entry in enumerate(runs):
+        if not isinstance(entry, dict) or "dir" not in entry:
+            continue
+        run_dir, design, depth = entry["dir"], entry.get("design"), entry.get("depth")
+        if not isinstance(run_dir, str) or not run_dir or _wrong_type(design, (str,)) or \
+                _wrong_type(depth, (int,)):
+            raise RunFolderError(f"{where}: run {i} is not a valid entry (expected a folder name, a design "
+                                 "name and an integer depth; the file is corrupted)")
+        entries.append((run_dir, design, depth))
+    return entries
+
+
 def find_run_dirs(paths: Iterable[str | Path]) -> list[tuple[Path, str | None, int | None]]:
     """Expand run and study folders into ``(run_dir, design, depth)``; design/depth None = derive.
 
@@ -505,9 +635,9 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[tuple[Path, str | None, i
             continue
         study = read_study(path) if path.is_dir() else None
         if study is not None:
-            entries = study.get("runs") or []
-            runs = [(path / e["dir"], e.get("design"), e.get("depth")) for e in entries
-                    if isinstance(e, dict) and "dir" in e and (path / e["dir"] / METRICS_FILE).is_file()]
+            entries = _study_entries(path, study)
+            runs = [(path / d, design, depth) for d, design, depth in entries
+                    if (path / d / METRICS_FILE).is_file()]
         elif path.is_dir():
             runs = [(p, None, None) for p in sorted(path.iterdir()) if (p / METRICS_FILE).is_file()]
         else:

@@ -67,11 +67,18 @@ from resnorm.lab import registry
 from resnorm.lab.checkpoint import capture_rng, restore_rng, seed_everything
 from resnorm.lab.config import TrainConfig, check_resume_compatible, validate
 from resnorm.lab.distributed import DistContext, init_distributed
-from resnorm.lab.errors import ConfigError, NothingToResumeError, RunFolderError, RunFolderExistsError
+from resnorm.lab.errors import (
+    ConfigError,
+    NothingToResumeError,
+    RunFolderError,
+    RunFolderExistsError,
+    StopRequested,
+)
 from resnorm.lab.memory import StepMemory
 from resnorm.lab.probes import BlockProbe, SpikeDetector, grad_ratio
 from resnorm.lab.runfolder import (
     CHECKPOINT_FILE,
+    METRICS_FILE,
     STATUSES,
     MetricsWriter,
     RunResult,
@@ -83,6 +90,7 @@ from resnorm.lab.runfolder import (
     read_metrics,
     read_result,
     read_result_dict,
+    remove_stale_temporaries,
     save_checkpoint,
     truncate_metrics,
     write_config,
@@ -142,9 +150,10 @@ class _StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, defer: bool = False) -> None:
         self.requested = False
         self.signal: str | None = None
+        self.defer = defer  # only note signals (while the run saves itself): never raise
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopRequest:
@@ -154,10 +163,10 @@ class _StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.requested and not self.defer:
             raise KeyboardInterrupt
         self.requested = True
-        self.signal = signal.Signals(signum).name
+        self.signal = self.signal or signal.Signals(signum).name
 
     def __exit__(self, *exc: Any) -> None:
         for sig, previous in self._previous.items():
@@ -305,16 +314,13 @@ class Trainer:
         if ctx.rank:
             seed_everything(config.seed + 1_000_003 * ctx.rank)  # independent dropout streams per rank
         if state is not None:
-            model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.step_count = int(state["step"])
-            self.spikes.load_state_dict(state["spikes"])
-            self.ratios = list(state["grad_ratios"])
-            self._elapsed_before = float(state["elapsed_s"])
-            self.last_val = state.get("last_val")
-            rng_states = state["rng"]
-            if ctx.rank < len(rng_states):
-                restore_rng(rng_states[ctx.rank])
+            self._restore(state)
+            if self.step_count > self.total_steps:
+                steps = f"epochs={config.epochs:g} ({self.total_steps} steps)" if config.epochs is not None \
+                    else f"steps={self.total_steps}"
+                raise ConfigError(
+                    f"{steps} is below step {self.step_count}, where the run in {self.out_dir} stopped; "
+                    f"resuming continues a run and cannot shorten it (give steps={self.step_count} or more)")
             if self.step_count >= self.total_steps:
                 finished = self._finished_result()
                 if finished is not None:  # nothing left to do: touch nothing
@@ -330,6 +336,7 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if state is not None:
                 truncate_metrics(self.out_dir, self.step_count)
+                remove_stale_temporaries(self.out_dir)  # a save cut short by SIGKILL
             self._wrote_files = True
             write_config(config, self.out_dir / "config.yaml")
         self.log = MetricsWriter(self.out_dir, enabled=ctx.is_main, tensorboard=config.tensorboard)
@@ -353,6 +360,26 @@ class Trainer:
         self._start = time.perf_counter()
         return self
 
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint's state into the model, optimizer, counters and RNGs; a state that does not
+        fit this run (another model's weights, a damaged entry) is a ``RunFolderError`` naming the file."""
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.spikes.load_state_dict(state["spikes"])
+            self.ratios = [float(r) for r in state["grad_ratios"]]
+            rng_states = state["rng"]
+            if self.ctx.rank < len(rng_states):
+                restore_rng(rng_states[self.ctx.rank])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            reason = reason if len(reason) <= 160 else reason[:157] + "..."
+            raise RunFolderError(f"{self.out_dir / CHECKPOINT_FILE}: does not fit the run's model and "
+                                 f"optimizer or is damaged ({reason})") from None
+        self.step_count = int(state["step"])
+        self._elapsed_before = float(state["elapsed_s"])
+        self.last_val = state.get("last_val")
+
     def _make_probe(self, model: nn.Module) -> BlockProbe | None:
         blocks = getattr(model, "blocks", None)
         if self._given_model is not None and not (isinstance(blocks, nn.ModuleList) and len(blocks)):
@@ -373,6 +400,9 @@ class Trainer:
                         "(drop --resume to start a new run)")
             state = load_checkpoint(out)
             check_resume_compatible(state["config"], self.config)
+            metrics = out / METRICS_FILE
+            if metrics.exists() and not metrics.is_file():  # found before anything in the run is rewritten
+                raise RunFolderError(f"{metrics} is not a file; the run's metrics cannot be continued")
             return state
         if is_nonempty_dir(out) and not self.overwrite:
             raise RunFolderExistsError(
@@ -606,7 +636,12 @@ class Trainer:
                 if self._bar is not None:
                     self._bar.close()
                     self._bar = None
-            return self.finish(collective=not (hard_interrupt and self.ctx.distributed))
+            # a signal while the run saves itself must not cut the checkpoint or result.json short
+            with _StopRequest(defer=True) as late:
+                result = self.finish(collective=not (hard_interrupt and self.ctx.distributed))
+            if late.requested and result.status != "interrupted":  # the run ended; the command stops now
+                raise StopRequested(late.signal or "SIGINT")
+            return result
         except BaseException:
             self._discard_if_nothing_trained()
             raise

@@ -202,10 +202,17 @@ class Study:
         settings = dict(self.budgets[budget])
         overrides: dict[str, str] = {}
         names = {p.name for p in self.params}
+        seen: dict[str, str] = {}  # setting -> the KEY=VALUE that gave it
         for raw_key, text in (given or {}).items():
             key = raw_key.strip().replace("-", "_")
             if key == "seed" and "seeds" in names:
                 key = "seeds"
+            if key in seen and seen[key].partition("=")[2] != str(text).strip():  # seed= and seeds=
+                raise ConfigError(f"{seen[key]} and {raw_key}={text} both set {key}: conflicting values")
+            seen[key] = f"{raw_key}={str(text).strip()}"
+            if key == "epochs" and "steps" in names:  # it would silently replace the study's steps
+                raise ConfigError(f"epochs={text}: study {self.name} sets the length of its runs with "
+                                  "steps=; give steps=N instead")
             if key in names:
                 settings[key] = self.param(key).parse(str(text))
             elif key in self.varies:

@@ -36,6 +36,7 @@ __all__ = [
     "StudyRun",
     "outcome_from_run",
     "load_outcomes",
+    "rebuild_report",
     "check_data",
     "header_lines",
     "MEASUREMENTS_FILE",
@@ -148,7 +149,7 @@ def run_study(
     ``echo`` receives the header lines and the result (``print`` when ``progress``)."""
     from resnorm.lab import compare, report
     from resnorm.lab.designs import Design
-    from resnorm.lab.runfolder import STUDY_FILE, is_nonempty_dir, write_study
+    from resnorm.lab.runfolder import encode_json, is_nonempty_dir, write_study
     from resnorm.lab.studies.catalog import get
 
     start = time.perf_counter()
@@ -164,7 +165,7 @@ def run_study(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderExistsError(f"--out {out_dir} exists and is not a folder")
-    unfinished = (out_dir / STUDY_FILE).is_file() and not (out_dir / SUMMARY_FILE).exists()
+    unfinished = compare.unfinished_study(out_dir, "study", study.name)  # this study, failed or stopped
     if is_nonempty_dir(out_dir) and not overwrite and not unfinished:
         raise RunFolderExistsError(
             f"output folder {out_dir} already exists and is not empty; choose "
@@ -187,6 +188,9 @@ def run_study(
         if echo is not None:
             echo(line)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if overwrite:  # the old outcome goes first: an overwrite stopped half way is an unfinished study
+        for name in (SUMMARY_FILE, VERDICT_FILE):
+            (out_dir / name).unlink(missing_ok=True)
     write_study(
         {
             "kind": "study",
@@ -203,7 +207,8 @@ def run_study(
         out_dir,
     )
     measurements = study.measure(values, overrides, out_dir, progress=progress)
-    atomic_write_text(json.dumps(measurements, indent=2) + "\n", out_dir / MEASUREMENTS_FILE)
+    # strict JSON (a non-finite number as null, its kind under "nonfinite"), like every file of the lab
+    atomic_write_text(encode_json(measurements, indent=2) + "\n", out_dir / MEASUREMENTS_FILE)
     compare.train_plan(
         items, workers=workers, overwrite=overwrite or unfinished, progress=progress, desc=study.name
     )
@@ -213,7 +218,7 @@ def run_study(
     header, rows = study.table(outcomes, measurements)
     figures = study.figures(outcomes, measurements, out_dir)
     atomic_write_text(
-        json.dumps(
+        encode_json(
             {"study": study.name, "budget": budget, **verdict.to_json(), "line": verdict.line(study.name)},
             indent=2,
         )
@@ -287,18 +292,71 @@ def outcome_from_run(run_dir: str | Path, coords: Mapping[str, Any] | None = Non
 
 
 def load_outcomes(out_dir: str | Path) -> tuple[list[RunOutcome], dict[str, Any]]:
-    """The outcomes and measurements of a study folder (to judge or redraw it again)."""
-    from resnorm.lab.runfolder import read_study
+    """The outcomes and measurements of a study folder (to judge or redraw it again); a damaged
+    ``study.json`` or ``measurements.json`` is a ``RunFolderError`` naming the file."""
+    from resnorm.lab.errors import RunFolderError
+    from resnorm.lab.runfolder import decode_json, read_study
 
     out_dir = Path(out_dir)
     meta = read_study(out_dir) or {}
+    runs = meta.get("runs") or []
+    if not isinstance(runs, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("dir"), str) and isinstance(e.get("coords", {}), dict)
+        for e in runs
+    ):
+        raise RunFolderError(f"{out_dir / 'study.json'}: its runs are not valid entries "
+                             "(the file is corrupted)")
     outcomes = []
-    for entry in meta.get("runs", []):
+    for entry in runs:
         if (out_dir / entry["dir"] / "metrics.jsonl").is_file():
             outcomes.append(outcome_from_run(out_dir / entry["dir"], entry.get("coords", {})))
     path = out_dir / MEASUREMENTS_FILE
-    measurements = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    measurements: Any = {}
+    if path.is_file():
+        try:
+            measurements = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            measurements = None
+        if not isinstance(measurements, dict):
+            raise RunFolderError(f"{path}: not a JSON object of measurements (the file is corrupted)")
+        measurements = decode_json(measurements)
     return outcomes, measurements
+
+
+def rebuild_report(
+    out_dir: str | Path, out: str | Path | None = None, *, title: str | None = None
+) -> Path:
+    """Rebuild a named study folder's ``report.html`` (or ``out``) from its files: the lab's report with
+    the study's claim, verdict, table and own figures on top, as ``run_study`` wrote it (``resnorm
+    report`` on a study folder; a plain report would drop the verdict)."""
+    from resnorm.lab import report
+    from resnorm.lab.errors import RunFolderError
+    from resnorm.lab.runfolder import read_study
+    from resnorm.lab.studies.catalog import STUDIES, get
+
+    out_dir = Path(out_dir)
+    meta = read_study(out_dir) or {}
+    if meta.get("study") not in STUDIES:
+        raise RunFolderError(f"{out_dir / 'study.json'}: names no known study ({meta.get('study')!r}); "
+                             f"known: {', '.join(STUDIES)}")
+    study = get(meta["study"])
+    outcomes, measurements = load_outcomes(out_dir)
+    try:
+        verdict = study.judge(outcomes, measurements)
+        header, rows = study.table(outcomes, measurements)
+    except (KeyError, TypeError) as err:  # coordinates or measurements that are not this study's
+        raise RunFolderError(f"{out_dir}: its study.json or measurements.json do not fit study {study.name} "
+                             f"(missing or wrong {err}; the files are corrupted)") from None
+    figures = study.figures(outcomes, measurements, out_dir)
+    settings = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+    return report.build_report(
+        [out_dir],
+        out if out is not None else out_dir / "report.html",
+        title=title or f"resnorm study {study.name}: {study.title}",
+        preface_html=_preface(study, str(meta.get("budget", "")), settings, verdict, header, rows),
+        extra_images=figures,
+    )
 
 
 def _preface(
