@@ -50,7 +50,8 @@ def test_compare_help_lists_the_designs_table(capsys):
 
 def test_no_command_is_a_usage_error(capsys):
     code, _, err = run_cli(capsys, [])
-    assert code == 2 and "usage:" in err
+    assert code == 2 and err.splitlines() == ["resnorm: error: the following arguments are required: COMMAND "
+                                              "(see 'resnorm --help')"]
 
 
 @pytest.mark.parametrize(

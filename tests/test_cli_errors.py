@@ -318,7 +318,7 @@ CMP_TINY = ["compare", "--designs", "plain", "--depths", "2", "--steps", "2", "-
 SEED_MLP = ["seeds", "--only", "mlp", "--epochs", "0.01"]
 GARBAGE_METRICS = b'{"kind": "x", "step": 1}\nnope\n{}\n'
 
-# argparse's own usage errors: a usage line, then "resnorm ...: error: ..." (exit status 2)
+# argparse's own usage errors: one line, "resnorm: error: ... (see 'resnorm CMD --help')" (exit status 2)
 ARGPARSE_CASES = [
     [], ["frobnicate"], ["train"], ["compare", "--model", "lstm"], ["compare", "--workers", "0"],
     ["compare", "--steps", "-3"], ["seeds", "--only", "both"], ["seeds", "--epochs", "0"], ["report"],
@@ -447,7 +447,8 @@ def test_argparse_errors_are_exit_2_without_traceback(capsys, argv):
     code = main(argv)
     _, err = capsys.readouterr()
     assert code == 2 and "Traceback" not in err
-    assert "error:" in err.strip().splitlines()[-1]
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("resnorm: error: ") and lines[0].endswith("--help')"), err
 
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["train", "--help"], ["compare", "--help"],

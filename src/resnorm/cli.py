@@ -54,7 +54,9 @@ def _usage_error(message: str) -> Exception:
 def build_parser() -> argparse.ArgumentParser:
     from resnorm import __version__
 
-    parser = argparse.ArgumentParser(
+    from resnorm.lab.errors import CommandLineParser
+
+    parser = CommandLineParser(
         prog="resnorm",
         description="Residual connections and normalization: a lab to train, probe and compare designs.",
         epilog="Run 'resnorm COMMAND --help' for a command's options. Exit status: 0 done, 2 bad input, "

@@ -90,7 +90,9 @@ def _choice_list(allowed: Sequence[str], what: str) -> Callable[[str], list[str]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnorm bench", description=__doc__.split("\n\n")[0])
+    from resnorm.lab.errors import CommandLineParser
+
+    p = CommandLineParser(prog="resnorm bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--shapes", type=_shape_list, default=list(DEFAULT_SHAPES), metavar="MxN,...",
                    help="comma list of row x column shapes, bf16 (default: the 7 shapes of docs/kernels.md, "
                    "65536x1024 ... 256x262144)")

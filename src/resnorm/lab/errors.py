@@ -11,7 +11,10 @@ A message may exist in two wordings: the API's (``resume=True``) and the command
 
 from __future__ import annotations
 
-__all__ = ["LabError", "ConfigError", "RunFolderError", "RunFolderExistsError", "NothingToResumeError",
+import argparse
+from typing import NoReturn
+
+__all__ = ["CommandLineParser", "LabError", "ConfigError", "RunFolderError", "RunFolderExistsError", "NothingToResumeError",
            "WorkerError", "StopRequested"]
 
 
@@ -52,3 +55,12 @@ class StopRequested(KeyboardInterrupt):
     def __init__(self, signal: str = "SIGINT") -> None:
         super().__init__(signal)
         self.signal = signal
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are the lab's one line, ``resnorm: error: ...``
+    naming the command's ``--help``, with exit status 2 (argparse prints its usage block first).
+    Sub-command parsers made by ``add_subparsers`` are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"resnorm: error: {message} (see '{self.prog} --help')\n")
