@@ -848,3 +848,24 @@ def test_resume_removes_what_a_killed_save_left(capsys, tmp_path, finished_run):
     code = main([*MLP, "--out", str(run), "--resume", "steps=5", "--no-progress"])
     assert code == 0, capsys.readouterr().err
     assert not (run / ".checkpoint.pt.x1y2z3.tmp").exists() and (run / ".mine.tmp").is_file()
+
+
+def test_report_never_replaces_a_file_it_did_not_write(capsys, finished_run, tmp_path, monkeypatch):
+    """``report A B`` writes ./report.html by default: a user's own report.html there (or any --out file
+    that is not a resnorm report) is refused with one line and left as it was; a resnorm report is
+    rebuilt in place."""
+    monkeypatch.chdir(tmp_path)
+    other = copy_run(finished_run, tmp_path, "other")
+    mine = write(tmp_path / "report.html", "my own notes\n")
+    notes = write(tmp_path / "notes.txt", "keep me\n")
+    for argv in (["report", str(finished_run), str(other)],
+                 ["report", str(finished_run), "--out", str(notes)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is not a resnorm report" in err[0], err
+    assert mine.read_text() == "my own notes\n" and notes.read_text() == "keep me\n"
+    mine.unlink()
+    for _ in range(2):  # the second time over its own report
+        assert main(["report", str(finished_run), str(other)]) == 0
+        capsys.readouterr()
+    assert "resnorm.lab.report" in (tmp_path / "report.html").read_text()

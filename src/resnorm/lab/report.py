@@ -26,7 +26,8 @@ import yaml
 
 from resnorm.lab import plots
 from resnorm.lab.designs import in_order
-from resnorm.lab.errors import ConfigError, RunFolderError
+from resnorm.lab.errors import ConfigError, RunFolderError, RunFolderExistsError
+from resnorm.lab.files import atomic_write_text
 from resnorm.lab.runfolder import METRICS_FILE, RunData, find_run_dirs, load_run, printable, read_study
 from resnorm.lab.summary import (
     COLUMNS,
@@ -118,6 +119,10 @@ def build_report(
     if out.is_dir():
         raise RunFolderError(f"the report's output {out} is a folder; give the HTML file to write",
                              cli=f"--out {out} is a folder; give the HTML file to write")
+    if out.exists() and not is_report_file(out):  # never replace a file resnorm did not write
+        raise RunFolderExistsError(f"{out} exists and is not a resnorm report; give another output file",
+                                   cli=f"{printable(str(out))} exists and is not a resnorm report; "
+                                       "give another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     bar = None
@@ -138,8 +143,19 @@ def build_report(
     study_images = build_study_plots(runs, out.parent) if len(runs) > 1 else {}
     html_text = render_html(runs, run_images, study_images, title=title or _default_title(runs, paths),
                             preface_html=preface_html, extra_images=extra_images)
-    out.write_text(html_text, encoding="utf-8")
+    atomic_write_text(html_text, out)
     return out
+
+
+def is_report_file(path: str | Path) -> bool:
+    """Whether ``path`` is an HTML report that resnorm wrote (its generator mark, or the line every
+    report has said since the first version): the only kind of existing file a report may replace."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read()
+    except OSError:
+        return False
+    return _GENERATOR.encode() in text or b"by resnorm.lab.report" in text
 
 
 def render_html(
@@ -210,8 +226,10 @@ def render_html(
 # helpers
 
 
+_GENERATOR = '<meta name="generator" content="resnorm.lab.report">'
 _HEAD = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<html lang="en"><head><meta charset="utf-8"><meta name="generator" content="resnorm.lab.report">
+<title>{title}</title>
 <style>
 body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em 2em; color: #222; }}
 h1 {{ font-size: 1.5em; margin-bottom: 0.2em; }}
