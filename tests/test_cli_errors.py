@@ -869,3 +869,29 @@ def test_report_never_replaces_a_file_it_did_not_write(capsys, finished_run, tmp
         assert main(["report", str(finished_run), str(other)]) == 0
         capsys.readouterr()
     assert "resnorm.lab.report" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "residual-mlp", "data=digits", "steps=2", "depth=2", "--overwrite", "--no-progress"],
+    [*CMP_TINY, "--overwrite"],
+    ["study", "he2016", "steps=2", "--overwrite", "--no-progress"],
+], ids=["train", "compare", "study"])
+def test_overwrite_replaces_only_resnorms_own_folders(capsys, tmp_path, argv):
+    """--overwrite clears a run's (or a study's) files: in a folder resnorm did not write (a project with
+    its own config.yaml and report.html) it is refused with one line, and every file stays as it was."""
+    project = tmp_path / "project"
+    write(project / "config.yaml", "name: my project\n")
+    write(project / "report.html", "my report\n")
+    write(project / "tb" / "events", b"\x00\x01")
+    before = snapshot(project)
+    assert main([*argv, "--out", str(project)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite replaces only resnorm's own folders" in err[0], err
+    assert snapshot(project) == before
+
+
+def test_overwrite_still_replaces_a_run(capsys, finished_run, tmp_path):
+    run = copy_run(finished_run, tmp_path)
+    assert main(["train", "residual-mlp", "data=digits", "steps=3", "depth=2", "width=8", "--overwrite",
+                 "--no-progress", "--out", str(run)]) == 0
+    assert json.loads((run / "result.json").read_text())["steps"] == 3

@@ -53,7 +53,6 @@ def _usage_error(message: str) -> Exception:
 
 def build_parser() -> argparse.ArgumentParser:
     from resnorm import __version__
-
     from resnorm.lab.errors import CommandLineParser
 
     parser = CommandLineParser(

@@ -42,7 +42,7 @@ from resnorm.lab.designs import DESIGNS, Design, in_order, name_for, parse_desig
 from resnorm.lab.errors import ConfigError, RunFolderError, RunFolderExistsError, StopRequested, WorkerError
 from resnorm.lab.files import atomic_write_text
 from resnorm.lab.registry import design_name
-from resnorm.lab.runfolder import STUDY_FILE, is_nonempty_dir, read_study, write_study
+from resnorm.lab.runfolder import STUDY_FILE, check_overwritable, is_nonempty_dir, read_study, write_study
 
 __all__ = [
     "Design",
@@ -392,6 +392,8 @@ def run_compare(
                              "choose another out_dir or pass overwrite=True",
                              cli=f"output folder {out_dir} already exists and is not empty; "
                                  "choose another --out or give --overwrite")
+    if overwrite:
+        check_overwritable(out_dir, "study")
     validate_study_data(plan)
     overwrite = overwrite or unfinished_study(out_dir)  # a failed or interrupted compare is redone
     echo = echo if echo is not None else (print if progress else None)

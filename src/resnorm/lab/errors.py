@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
-__all__ = ["CommandLineParser", "LabError", "ConfigError", "RunFolderError", "RunFolderExistsError", "NothingToResumeError",
-           "WorkerError", "StopRequested"]
+__all__ = ["CommandLineParser", "LabError", "ConfigError", "RunFolderError", "RunFolderExistsError",
+           "NothingToResumeError", "WorkerError", "StopRequested"]
 
 
 class LabError(ValueError):

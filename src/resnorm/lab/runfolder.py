@@ -41,7 +41,7 @@ from resnorm.lab.config import (
     read_yaml_mapping,
     save_config,
 )
-from resnorm.lab.errors import ConfigError, RunFolderError
+from resnorm.lab.errors import ConfigError, RunFolderError, RunFolderExistsError
 from resnorm.lab.files import atomic_torch_save, atomic_write_text, file_mode
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "FORMAT_VERSION", "RunResult", "RunData", "MetricsWriter", "write_config", "read_config",
     "read_metrics", "group_metrics", "truncate_metrics", "encode_json", "decode_json", "write_result",
     "read_result", "save_checkpoint", "load_checkpoint", "has_checkpoint", "is_nonempty_dir",
+    "is_run_folder", "is_study_folder", "check_overwritable",
     "clear_run_files", "remove_stale_temporaries", "load_run", "find_run_dirs", "read_study", "write_study",
     "atomic_write_text", "atomic_torch_save", "file_mode", "printable",
 ]
@@ -487,6 +488,42 @@ def has_checkpoint(run_dir: str | Path) -> bool:
 def is_nonempty_dir(path: str | Path) -> bool:
     path = Path(path)
     return path.is_dir() and any(path.iterdir())
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder a resnorm run wrote: it holds the run's metrics, checkpoint or result,
+    or a ``config.yaml`` that is a run's (a mapping with a ``model`` key: a run stopped in its setup)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if any((path / name).is_file() for name in (METRICS_FILE, CHECKPOINT_FILE, RESULT_FILE)):
+        return True
+    try:
+        return "model" in read_yaml_mapping(path / CONFIG_FILE)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def is_study_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder ``resnorm compare`` or ``resnorm study`` wrote (it has ``study.json``)."""
+    return (Path(path) / STUDY_FILE).is_file()
+
+
+def check_overwritable(path: str | Path, kind: str = "run") -> None:
+    """Overwriting replaces only what resnorm wrote: a non-empty ``path`` must be a run folder
+    (``kind="run"``) or a study folder (``kind="study"``), else ``RunFolderExistsError`` — the user's
+    own folder (a project with its own config.yaml, report.html, tb/) is never cleared."""
+    if not is_nonempty_dir(path):
+        return
+    ok = is_run_folder(path) if kind == "run" else is_study_folder(path)
+    if not ok:
+        what = ("a run folder (no config.yaml, metrics.jsonl, checkpoint.pt or result.json of a run)"
+                if kind == "run" else "a study folder (no study.json)")
+        raise RunFolderExistsError(
+            f"{printable(str(path))} is not empty and is not {what}; overwrite=True replaces only "
+            "resnorm's own folders: choose another out_dir",
+            cli=f"{printable(str(path))} is not empty and is not {what}; --overwrite replaces only "
+                "resnorm's own folders: choose another --out")
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> None:

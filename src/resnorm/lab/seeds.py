@@ -81,7 +81,7 @@ def run_seeds(
 
     from resnorm.lab import report, trainer
     from resnorm.lab.errors import RunFolderExistsError, StopRequested
-    from resnorm.lab.runfolder import is_nonempty_dir
+    from resnorm.lab.runfolder import check_overwritable, is_nonempty_dir
 
     configs = seed_configs(epochs=epochs, resnet_epochs=resnet_epochs, which=which,
                            resnet_data=resnet_data, seed=seed)
@@ -90,6 +90,8 @@ def run_seeds(
         raise RunFolderExistsError(f"{out_dir} exists and is not a folder")
     for key in configs:
         run_dir = out_dir / f"seed-{key}"
+        if overwrite:
+            check_overwritable(run_dir, "run")
         if is_nonempty_dir(run_dir) and not overwrite:
             raise RunFolderExistsError(
                 f"run folder {run_dir} is not empty; pass overwrite=True to replace it",

@@ -82,6 +82,7 @@ from resnorm.lab.runfolder import (
     STATUSES,
     MetricsWriter,
     RunResult,
+    check_overwritable,
     clear_run_files,
     has_checkpoint,
     is_nonempty_dir,
@@ -404,6 +405,8 @@ class Trainer:
             if metrics.exists() and not metrics.is_file():  # found before anything in the run is rewritten
                 raise RunFolderError(f"{metrics} is not a file; the run's metrics cannot be continued")
             return state
+        if self.overwrite:
+            check_overwritable(out, "run")
         if is_nonempty_dir(out) and not self.overwrite:
             raise RunFolderExistsError(
                 f"run folder {out} is not empty; pass resume=True to continue the run in it or "

@@ -149,7 +149,7 @@ def run_study(
     ``echo`` receives the header lines and the result (``print`` when ``progress``)."""
     from resnorm.lab import compare, report
     from resnorm.lab.designs import Design
-    from resnorm.lab.runfolder import encode_json, is_nonempty_dir, write_study
+    from resnorm.lab.runfolder import check_overwritable, encode_json, is_nonempty_dir, write_study
     from resnorm.lab.studies.catalog import get
 
     start = time.perf_counter()
@@ -173,6 +173,8 @@ def run_study(
             cli=f"output folder {out_dir} already exists and is not empty; choose "
             "another --out or give --overwrite",
         )
+    if overwrite:
+        check_overwritable(out_dir, "study")
     items = [
         compare.StudyPlanItem(
             Design(spec.design, spec.config.placement, spec.config.norm),
