@@ -886,7 +886,7 @@ def test_overwrite_replaces_only_resnorms_own_folders(capsys, tmp_path, argv):
     before = snapshot(project)
     assert main([*argv, "--out", str(project)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--overwrite replaces only resnorm's own folders" in err[0], err
+    assert len(err) == 1 and "--overwrite replaces only resnorm's own files" in err[0], err
     assert snapshot(project) == before
 
 

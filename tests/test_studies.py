@@ -478,7 +478,7 @@ def test_a_missing_name_is_the_only_thing_reported_missing(capsys, argv, missing
     """KEY=VALUE settings are optional: the usage error names only the missing NAME / MODEL."""
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert last.endswith(f"the following arguments are required: {missing}"), last
+    assert f"the following arguments are required: {missing} (see" in last, last
 
 
 def test_study_cli_refuses_a_non_empty_out(capsys, tmp_path):

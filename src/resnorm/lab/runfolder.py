@@ -61,6 +61,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 STUDY_FILE = "study.json"
 TB_DIR = "tb"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, CHECKPOINT_FILE, RESULT_FILE)
+# everything a run (and its plots and report) writes into its folder: what --overwrite replaces
+RUN_OUTPUTS = (*RUN_FILES, "report.html", "loss.png", "grad_norm.png", "act_rms.png", TB_DIR)
+# the files a compare or study writes at the top of its folder (besides the run folders and plots)
+STUDY_OUTPUTS = (STUDY_FILE, "summary.txt", "verdict.json", "measurements.json", "report.html")
 FORMAT_VERSION = 1  # of checkpoint.pt
 STATUSES = ("completed", "diverged", "interrupted")
 
@@ -510,20 +514,30 @@ def is_study_folder(path: str | Path) -> bool:
 
 
 def check_overwritable(path: str | Path, kind: str = "run") -> None:
-    """Overwriting replaces only what resnorm wrote: a non-empty ``path`` must be a run folder
-    (``kind="run"``) or a study folder (``kind="study"``), else ``RunFolderExistsError`` — the user's
-    own folder (a project with its own config.yaml, report.html, tb/) is never cleared."""
+    """Overwriting replaces only what resnorm wrote. In a folder that is not a run folder
+    (``kind="run"``) or a study folder (``kind="study"``), a file the run or study would replace (a
+    ``config.yaml``, ``report.html``, ``tb/``, a plot of the same name) is the user's own: then
+    ``RunFolderExistsError`` naming it. Other files in the folder are kept either way."""
+    path = Path(path)
     if not is_nonempty_dir(path):
         return
-    ok = is_run_folder(path) if kind == "run" else is_study_folder(path)
-    if not ok:
-        what = ("a run folder (no config.yaml, metrics.jsonl, checkpoint.pt or result.json of a run)"
-                if kind == "run" else "a study folder (no study.json)")
+    if kind == "run":
+        if is_run_folder(path):
+            return
+        names = [n for n in RUN_OUTPUTS if (path / n).exists()]
+        what = "a run folder"
+    else:
+        if is_study_folder(path):
+            return
+        names = [n for n in STUDY_OUTPUTS if (path / n).exists()] + sorted(p.name for p in path.glob("*.png"))
+        what = "a study folder (it has no study.json)"
+    if names:
+        shown = printable(str(path / names[0]))
         raise RunFolderExistsError(
-            f"{printable(str(path))} is not empty and is not {what}; overwrite=True replaces only "
-            "resnorm's own folders: choose another out_dir",
-            cli=f"{printable(str(path))} is not empty and is not {what}; --overwrite replaces only "
-                "resnorm's own folders: choose another --out")
+            f"{shown} is not resnorm's: {printable(str(path))} is not {what}, and overwrite=True replaces "
+            "only resnorm's own files; choose another out_dir",
+            cli=f"{shown} is not resnorm's: {printable(str(path))} is not {what}, and --overwrite replaces "
+                "only resnorm's own files; choose another --out")
 
 
 def remove_stale_temporaries(run_dir: str | Path) -> None:
@@ -540,8 +554,9 @@ def remove_stale_temporaries(run_dir: str | Path) -> None:
 def clear_run_files(run_dir: str | Path) -> None:
     """Remove the files a run writes (and only those): the run files, ``tb/`` and the plots/report."""
     run_dir = Path(run_dir)
-    for name in (*RUN_FILES, "report.html", "loss.png", "grad_norm.png", "act_rms.png"):
-        (run_dir / name).unlink(missing_ok=True)
+    for name in RUN_OUTPUTS:
+        if name != TB_DIR:
+            (run_dir / name).unlink(missing_ok=True)
     remove_stale_temporaries(run_dir)
     shutil.rmtree(run_dir / TB_DIR, ignore_errors=True)
 
