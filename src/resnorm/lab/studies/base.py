@@ -50,6 +50,12 @@ BUDGETS = ("quick", "full")
 OUTCOMES = ("reproduced", "partly reproduced", "not reproduced", "not judged")
 PARAM_KINDS = ("str", "int", "ints", "floats")
 FINAL_FRACTION = 0.1  # the final training loss: mean over the last 10% of the steps
+# what every study's runs share: the loss of every step, no checkpoint but the final one, no TensorBoard
+RUN_BOOKKEEPING: dict[str, Any] = {"log_every": 1, "checkpoint_every": 0, "tensorboard": False}
+# the optimizer of the Post-LN papers (Xiong et al. 2020; Wang et al. 2022): Adam (0.9, 0.98), no weight
+# decay, no gradient clipping, a constant rate after the warm-up
+PAPERS_ADAM: dict[str, Any] = {"optimizer": "adam", "beta1": 0.9, "beta2": 0.98, "weight_decay": 0.0,
+                               "grad_clip": 0.0, "schedule": "constant"}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from resnorm.lab.studies.base import Check, Param, RunOutcome, RunSpec, Study, Verdict, fmt
+from resnorm.lab.studies.base import (
+    PAPERS_ADAM,
+    RUN_BOOKKEEPING,
+    Check,
+    Param,
+    RunOutcome,
+    RunSpec,
+    Study,
+    Verdict,
+    fmt,
+)
 
 # (design label, placement, init)
 DESIGNS = (("post-LN", "post", "xavier"), ("DeepNorm", "deepnorm", "deepnet"), ("pre-LN", "pre", "xavier"))
@@ -80,21 +90,14 @@ class DeepNet2022(Study):
                 block_size=64,
                 batch_size=12,
                 init=init,
-                optimizer="adam",
+                **PAPERS_ADAM,
                 lr=1e-3,
-                beta1=0.9,
-                beta2=0.98,
-                weight_decay=0.0,
-                grad_clip=0.0,
-                schedule="constant",
                 warmup_steps=100,
                 steps=steps,
                 seed=seed,
                 eval_every=max(1, steps // 4),
-                log_every=1,
                 probe_every=max(1, steps // 10),
-                checkpoint_every=0,
-                tensorboard=False,
+                **RUN_BOOKKEEPING,
             )
             key = f"{placement}-{init}" + (f"-s{seed}" if several else "")
             plan.append(

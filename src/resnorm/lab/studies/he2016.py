@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from resnorm.lab.studies.base import Check, Param, RunOutcome, RunSpec, Study, Verdict, fmt
+from resnorm.lab.studies.base import RUN_BOOKKEEPING, Check, Param, RunOutcome, RunSpec, Study, Verdict, fmt
 
 DEPTHS = (20, 56)
 NETS = ("plain", "residual")
@@ -86,10 +86,8 @@ class He2016(Study):
                         augment=augment,
                         seed=seed,
                         eval_every=max(1, steps // 2),
-                        log_every=1,
                         probe_every=max(1, steps // 12),
-                        checkpoint_every=0,
-                        tensorboard=False,
+                        **RUN_BOOKKEEPING,
                     )
                     suffix = f"-s{seed}" if len(settings["seeds"]) > 1 else ""
                     plan.append(

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from resnorm.lab.studies.base import Check, Param, RunOutcome, RunSpec, Study, Verdict, fmt
+from resnorm.lab.studies.base import RUN_BOOKKEEPING, Check, Param, RunOutcome, RunSpec, Study, Verdict, fmt
 
 # (label, design name in resnorm.lab.designs)
 DESIGNS = (("hyper", "hyper"), ("mhc", "mhc"), ("pre-norm", "pre-rms"))
@@ -84,10 +84,8 @@ class MHC2026(Study):
                         steps=steps,
                         seed=seed,
                         eval_every=max(1, steps // 3),
-                        log_every=1,
                         probe_every=max(1, steps // 10),
-                        checkpoint_every=0,
-                        tensorboard=False,
+                        **RUN_BOOKKEEPING,
                     )
                     key = f"{label}-d{depth}" + (f"-s{seed}" if several else "")
                     plan.append(

@@ -39,7 +39,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from resnorm.lab.studies.base import Check, Param, RunOutcome, RunSpec, Study, Verdict, all_hold, fmt
+from resnorm.lab.studies.base import (
+    PAPERS_ADAM,
+    RUN_BOOKKEEPING,
+    Check,
+    Param,
+    RunOutcome,
+    RunSpec,
+    Study,
+    Verdict,
+    all_hold,
+    fmt,
+)
 
 PLACEMENTS = ("post", "pre")
 FLAT = 1.5  # "flat": last/first within a factor 1.5; "grows"/"shrinks": beyond it
@@ -123,21 +134,14 @@ class Xiong2020(Study):
                             block_size=64,
                             batch_size=12,
                             init="xavier",
-                            optimizer="adam",
+                            **PAPERS_ADAM,
                             lr=lr,
-                            beta1=0.9,
-                            beta2=0.98,
-                            weight_decay=0.0,
-                            grad_clip=0.0,
-                            schedule="constant",
                             warmup_steps=warmup,
                             steps=steps,
                             seed=seed,
                             eval_every=max(1, steps // 3),
-                            log_every=1,
                             probe_every=max(1, steps // 10),
-                            checkpoint_every=0,
-                            tensorboard=False,
+                            **RUN_BOOKKEEPING,
                         )
                         key = f"{placement}-lr{lr:g}-w{warmup}" + (f"-s{seed}" if several else "")
                         design = f"{placement}-LN, lr {lr:g}, warm-up {warmup}"
